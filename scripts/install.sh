@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Creates .venv if missing and installs the package with every version pinned.
+# Usage: scripts/install.sh [EXTRAS]   e.g. scripts/install.sh test
+# pip (not uv/poetry) so torch==2.13.0 resolves to the local CPU wheel.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+EXTRAS="${1:-}"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "[install] creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+SPEC="."
+[ -n "$EXTRAS" ] && SPEC=".[$EXTRAS]"
+STAMP=".venv/.xmtf-install-$(cat setup.cfg pyproject.toml constraints.txt | sha256sum | cut -c1-16)-${EXTRAS:-base}"
+if [ -f "$STAMP" ]; then
+  echo "[install] .venv is up to date ($SPEC)"
+  exit 0
+fi
+echo "[install] installing $SPEC with constraints.txt (first time: a few minutes)"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e "$SPEC"
+touch "$STAMP"

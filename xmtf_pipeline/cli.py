@@ -1,0 +1,49 @@
+"""The ``xmtf`` command: one subcommand per job, each importing only what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _demo(args: argparse.Namespace) -> int:
+  from xmtf_pipeline import demo
+  return demo.main(model=args.model)
+
+
+def _params(args: argparse.Namespace) -> int:
+  from xmtf_pipeline import gin_config, params
+  config = gin_config.load_model_config(args.model, args.gin_bindings)
+  print(params.param_table(config))
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="xmtf", description="Reproduce mT0: T5X-style training and SeqIO tasks on JAX.")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+  p = sub.add_parser("demo", help="the main job on the embedded default (tiny mT5, CPU)")
+  p.add_argument("--model", default="mt5_tiny", help="model name (gin/models/NAME.gin) or gin file")
+  p.set_defaults(func=_demo)
+
+  p = sub.add_parser("params", help="print a model's parameter table (no allocation)")
+  p.add_argument("--model", default="mt5_tiny", help="model name (gin/models/NAME.gin) or gin file")
+  p.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings")
+  p.set_defaults(func=_params)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  from xmtf_pipeline.gin_config import GinConfigError
+  from xmtf_pipeline.params import ParamMismatchError
+  try:
+    return args.func(args)
+  except (GinConfigError, ParamMismatchError) as e:
+    print(f"xmtf {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

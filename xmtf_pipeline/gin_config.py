@@ -1,0 +1,131 @@
+"""Gin parsing with T5X's conventions and errors that name the file and the fix.
+
+T5X users write ``--gin_file`` (repeatable, later overrides earlier),
+``--gin_bindings`` and the ``--gin.NAME=VALUE`` shorthand; gin files use
+``from __gin__ import dynamic_registration``. This module owns all of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gin
+
+# The repository's gin/ folder (the package is installed editable next to it).
+GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
+MODELS_DIR = GIN_DIR / "models"
+
+
+class GinConfigError(ValueError):
+  """A gin file or binding that cannot be used; the message says which and why."""
+
+
+def rewrite_gin_args(args: Sequence[str]) -> list[str]:
+  """Turns T5X's ``--gin.NAME=VALUE`` shorthand into ``--gin_bindings=NAME = VALUE``."""
+  out = []
+  for arg in args:
+    if arg.startswith("--gin.") and not arg.startswith("--gin.help"):
+      body = arg[len("--gin."):]
+      if "=" not in body:
+        raise GinConfigError(
+            f"Flag {arg!r}: the --gin.NAME=VALUE shorthand needs '=', e.g. "
+            "--gin.MODEL_DIR=\\\"/tmp/run\\\".")
+      name, value = body.split("=", 1)
+      out.append(f"--gin_bindings={name} = {value}")
+    else:
+      out.append(arg)
+  return out
+
+
+def _resolve(gin_file: str, search_paths: Sequence[str]) -> str:
+  candidates = [Path(gin_file)] + [Path(p) / gin_file for p in search_paths]
+  for c in candidates:
+    if c.is_file():
+      return str(c)
+  raise GinConfigError(
+      f"gin file {gin_file!r} not found (looked in: {', '.join(str(c) for c in candidates)}). "
+      "Pass a path, or a name relative to --gin_search_paths.")
+
+
+def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
+          search_paths: Sequence[str] = (), finalize: bool = True) -> None:
+  """Clears gin and parses files then bindings (later overrides earlier).
+
+  The repository's ``gin/`` folder is always searched last, as T5X appends
+  its own root. Errors from gin are re-raised naming the file or binding.
+  """
+  gin.clear_config(clear_constants=False)
+  paths = [*search_paths, str(GIN_DIR)]
+  for p in paths:
+    gin.add_config_file_search_path(p)
+  for f in gin_files:
+    resolved = _resolve(f, paths)
+    try:
+      gin.parse_config_file(resolved)
+    except Exception as e:  # gin raises several types; all are user errors here.
+      raise GinConfigError(f"gin file {resolved}: {e}") from e
+  for b in bindings:
+    try:
+      gin.parse_config(b)
+    except Exception as e:
+      raise GinConfigError(f"gin binding {b!r}: {e}") from e
+  if finalize:
+    gin.finalize()
+
+
+@gin.configurable("xmtf_macro_value")
+def _macro_value(value: Any = gin.REQUIRED) -> Any:
+  return value
+
+
+def evaluate(expression: str) -> Any:
+  """Evaluates a gin expression such as ``%MODEL_CONFIG`` under the parsed config."""
+  with gin.unlock_config():
+    gin.parse_config(f"xmtf_macro_value.value = {expression}")
+  try:
+    return _macro_value()
+  except Exception as e:
+    raise GinConfigError(f"evaluating {expression}: {e}") from e
+
+
+def model_names() -> list[str]:
+  return sorted(p.stem for p in MODELS_DIR.glob("*.gin"))
+
+
+def model_gin_file(name_or_path: str) -> str:
+  """A model name (``mt5_large``) or a gin file path -> the gin file."""
+  if name_or_path.endswith(".gin"):
+    if not Path(name_or_path).is_file() and not (GIN_DIR / name_or_path).is_file():
+      raise GinConfigError(f"Model gin file {name_or_path!r} does not exist.")
+    return name_or_path
+  path = MODELS_DIR / f"{name_or_path}.gin"
+  if not path.is_file():
+    raise GinConfigError(
+        f"Unknown model {name_or_path!r}. Choose one of: {', '.join(model_names())} "
+        f"(files in {MODELS_DIR}), or pass a .gin file path.")
+  return str(path)
+
+
+def load_model_config(name_or_path: str, bindings: Sequence[str] = ()):
+  """The ``network.T5Config`` a model gin file defines (as a plain frozen dataclass).
+
+  ``DROPOUT_RATE`` defaults to 0.0 here; pass bindings to override anything.
+  """
+  from xmtf_pipeline import network  # noqa: F401  (registers on first use)
+
+  parse([model_gin_file(name_or_path)], ["DROPOUT_RATE = 0.0", *bindings], finalize=False)
+  cfg = evaluate("%MODEL_CONFIG")
+  gin.clear_config(clear_constants=False)
+  # Gin hands back an instance of its wrapper subclass; normalise to the plain class.
+  return network.T5Config(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+
+
+def write_operative_config(model_dir: str) -> str:
+  path = os.path.join(model_dir, "config.gin")
+  with open(path, "w") as f:
+    f.write(gin.operative_config_str())
+  return path
