@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# TensorFlow (under seqio) is chatty on import; keep it to errors unless asked.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -27,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model", default="mt5_tiny", help="model name (gin/models/NAME.gin) or gin file")
   p.set_defaults(func=_demo)
 
+  # Commands with their own T5X-style flag parsers: listed here, dispatched in main().
+  for name, help_text in _OWN_FLAGS.items():
+    sub.add_parser(name, help=help_text, add_help=False)
+
   p = sub.add_parser("params", help="print a model's parameter table (no allocation)")
   p.add_argument("--model", default="mt5_tiny", help="model name (gin/models/NAME.gin) or gin file")
   p.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings")
@@ -34,7 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+_OWN_FLAGS = {
+    "train": "train/finetune with gin configs (T5X flags: xmtf train --help)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] == "train":
+    from xmtf_pipeline import train
+    return train.main(argv[1:])
   args = build_parser().parse_args(argv)
   from xmtf_pipeline.gin_config import GinConfigError
   from xmtf_pipeline.params import ParamMismatchError

@@ -92,6 +92,31 @@ def evaluate(expression: str) -> Any:
     raise GinConfigError(f"evaluating {expression}: {e}") from e
 
 
+def check_required_macros() -> None:
+  """Fails before any work if a macro is still ``%gin.REQUIRED``, naming it and the fix.
+
+  gin 0.5 passes such a value on silently when the parameter has no default,
+  so the parsed bindings are checked here.
+  """
+  missing = sorted(scope for (scope, selector), values in gin.config._CONFIG.items()
+                   if selector == "gin.macro" and str(values.get("value")) == "%gin.REQUIRED")
+  if missing:
+    hints = " ".join(f"--gin.{m}=..." for m in missing)
+    raise GinConfigError(
+        f"{', '.join(missing)} set to %gin.REQUIRED but not subsequently overridden; "
+        f"set {'it' if len(missing) == 1 else 'them'} in a gin file or with {hints}.")
+
+
+def get_configurable(fn):
+  """The gin-wrapped version of ``fn`` (registered by a gin file's dynamic import)."""
+  try:
+    return gin.get_configurable(fn)
+  except ValueError as e:
+    raise GinConfigError(
+        f"{fn.__module__}.{fn.__qualname__} is not configured by any gin file; pass a run config "
+        "such as --gin_file=runs/finetune.gin.") from e
+
+
 def model_names() -> list[str]:
   return sorted(p.stem for p in MODELS_DIR.glob("*.gin"))
 

@@ -81,7 +81,8 @@ def param_table(config: T5Config) -> str:
 def check_params(params: PyTree, config: T5Config, source: str = "parameters") -> None:
   """Raises ParamMismatchError naming the first missing, extra or mis-shaped path."""
   expected = param_shapes(config)
-  got = {p: tuple(np.shape(v)) for p, v in flatten(params).items()}
+  got = {p: tuple(v.shape) if hasattr(v, "shape") else np.shape(v)
+         for p, v in flatten(params).items()}
   for path in sorted(set(expected) | set(got)):
     if path not in got:
       raise ParamMismatchError(

@@ -1,0 +1,133 @@
+"""Adafactor exactly as T5X's ``t5x/adafactor.py`` defines it.
+
+State layout mirrors T5X checkpoints so their optimizer state restores as is:
+``state/step`` (int32) and ``state/param_states/<param path>/{v_row,v_col,v,m}``,
+unused slots being float32 zeros of shape (1,).
+
+Factoring: T5X's ``standard_logical_factor_rules`` are ignored for parameters of
+rank <= 2 without a BATCH axis (every mT5 parameter; T5X logs a warning and falls
+back), so the shape heuristic applies: factor when the second-largest dimension is
+>= ``min_dim_size_to_factor``; ``v_row`` averages out the largest dimension and
+``v_col`` the second largest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+SLOTS = ("v_row", "v_col", "v", "m")
+
+
+@dataclasses.dataclass(frozen=True)
+class Adafactor:
+  """T5X's Adafactor hyper-parameters (defaults = T5X = mT5's ``base.gin``).
+
+  The learning rate is supplied per step by the schedule, as in T5X.
+  """
+  factored: bool = True
+  multiply_by_parameter_scale: bool = True
+  beta1: float | None = None
+  decay_rate: float = 0.8
+  step_offset: int = 0
+  clipping_threshold: float | None = 1.0
+  weight_decay_rate: float | None = None
+  min_dim_size_to_factor: int = 128
+  epsilon1: float = 1e-30
+  epsilon2: float = 1e-3
+  max_parameter_scale: float | None = None
+  skip_nan_updates: bool = False
+
+  def factored_dims(self, shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(d1, d0): the second-largest and largest axes, or None if not factored."""
+    if not self.factored or len(shape) < 2:
+      return None
+    if len(shape) > 2:
+      raise ValueError(f"Parameters of rank > 2 need an explicit factor rule; got shape {shape}.")
+    order = np.argsort(shape)  # stable: a square kernel factors axis 0 as rows
+    if shape[order[-2]] < self.min_dim_size_to_factor:
+      return None
+    return int(order[-2]), int(order[-1])
+
+  def init_param_state(self, param: jax.Array) -> dict[str, jax.Array]:
+    state = {k: jnp.zeros((1,), jnp.float32) for k in SLOTS}
+    dims = self.factored_dims(param.shape)
+    if dims is not None:
+      d1, d0 = dims
+      state["v_row"] = jnp.zeros(np.delete(param.shape, d0), jnp.float32)
+      state["v_col"] = jnp.zeros(np.delete(param.shape, d1), jnp.float32)
+    else:
+      state["v"] = jnp.zeros(param.shape, jnp.float32)
+    if self.beta1 is not None:
+      state["m"] = jnp.zeros(param.shape, jnp.float32)
+    return state
+
+  def init(self, params: PyTree) -> dict[str, Any]:
+    """``{'step': int32 0, 'param_states': tree of slot dicts}``."""
+    param_states = jax.tree_util.tree_map(self.init_param_state, params)
+    return {"step": jnp.zeros((), jnp.int32), "param_states": param_states}
+
+  def decay(self, step: jax.Array) -> jax.Array:
+    """beta2 = 1 - (t + 1)^-decay_rate with t = step - step_offset (T5X)."""
+    t = jnp.asarray(step - self.step_offset, jnp.float32) + 1.0
+    return 1.0 - t ** (-self.decay_rate)
+
+  def update_param(self, step: jax.Array, lr: jax.Array, param: jax.Array,
+                   state: dict[str, jax.Array], grad: jax.Array):
+    grad = grad.astype(jnp.float32)
+    new_state = {k: jnp.zeros((1,), jnp.float32) for k in SLOTS}
+    decay_rate = self.decay(step)
+    mixing_rate = 1.0 - decay_rate
+    update_scale = lr
+    if self.multiply_by_parameter_scale:
+      param_scale = jnp.maximum(jnp.sqrt(jnp.mean(param * param)), self.epsilon2)
+      if self.max_parameter_scale is not None:
+        param_scale = jnp.minimum(param_scale, self.max_parameter_scale)
+      update_scale = update_scale * param_scale
+    grad_sqr = grad * grad + self.epsilon1
+    dims = self.factored_dims(param.shape)
+    if dims is not None:
+      d1, d0 = dims
+      v_row = decay_rate * state["v_row"] + mixing_rate * jnp.mean(grad_sqr, axis=d0)
+      v_col = decay_rate * state["v_col"] + mixing_rate * jnp.mean(grad_sqr, axis=d1)
+      new_state["v_row"], new_state["v_col"] = v_row, v_col
+      row_factor = (v_row / jnp.mean(v_row, keepdims=True)) ** -0.5
+      col_factor = v_col ** -0.5
+      y = grad * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1)
+    else:
+      v = decay_rate * state["v"] + mixing_rate * grad_sqr
+      new_state["v"] = v
+      y = grad * v ** -0.5
+    if self.clipping_threshold is not None:
+      y = y / jnp.maximum(1.0, jnp.sqrt(jnp.mean(y * y)) / self.clipping_threshold)
+    subtrahend = update_scale * y
+    if self.beta1 is not None:
+      m = self.beta1 * state["m"] + (1.0 - self.beta1) * subtrahend
+      subtrahend = m
+      new_state["m"] = m
+    if self.weight_decay_rate is not None:
+      new_param = (1.0 - self.weight_decay_rate) * param - subtrahend
+    else:
+      new_param = param - subtrahend
+    if self.skip_nan_updates:
+      new_state = {k: jnp.where(jnp.isnan(new_state[k]), state[k], new_state[k]) for k in SLOTS}
+      new_param = jnp.where(jnp.isnan(new_param), param, new_param)
+    return new_param.astype(param.dtype), new_state
+
+  def apply_gradient(self, params: PyTree, opt_state: dict[str, Any], grads: PyTree,
+                     lr: jax.Array) -> tuple[PyTree, dict[str, Any]]:
+    """One update of every parameter; ``step`` increments after all of them."""
+    step = opt_state["step"]
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    grad_leaves = treedef.flatten_up_to(grads)
+    state_leaves = treedef.flatten_up_to(opt_state["param_states"])
+    out = [self.update_param(step, lr, p, s, g)
+           for p, s, g in zip(leaves, state_leaves, grad_leaves)]
+    new_params = treedef.unflatten([o[0] for o in out])
+    new_states = treedef.unflatten([o[1] for o in out])
+    return new_params, {"step": step + 1, "param_states": new_states}

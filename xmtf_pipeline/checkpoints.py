@@ -1,0 +1,128 @@
+"""Orbax checkpoints in T5X's layout: ``MODEL_DIR/checkpoint_<step>/{state,dataset}``.
+
+``state`` holds ``{'target': params, 'state': {'step', 'param_states'}}``;
+``dataset`` holds the input position and seeds (JSON), so a restarted run
+continues the very same stream. Saves are synchronous and atomic (orbax writes a
+temporary folder and renames it when complete), so a crash mid-save never
+touches the latest good checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from xmtf_pipeline import params as params_lib
+from xmtf_pipeline.network import T5Config
+
+log = logging.getLogger(__name__)
+STEP_PREFIX = "checkpoint"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint path that cannot be restored; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """What to restore when MODEL_DIR has no checkpoint, and how often to save."""
+  restore_path: str | None = None  # INITIAL_CHECKPOINT_PATH
+  save_period: int = 5000
+  keep: int | None = None  # None keeps all
+
+  def __post_init__(self):
+    if self.save_period <= 0:
+      raise ValueError(f"CheckpointConfig.save_period must be positive, got {self.save_period}.")
+    if self.keep is not None and self.keep <= 0:
+      raise ValueError(f"CheckpointConfig.keep must be positive or None, got {self.keep}.")
+
+
+def _manager(directory: str, keep: int | None = None, create: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix=STEP_PREFIX,
+                                         enable_async_checkpointing=False, create=create)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=("state", "dataset"))
+
+
+class Checkpointer:
+  """Saves and restores one run's checkpoints under MODEL_DIR."""
+
+  def __init__(self, model_dir: str, keep: int | None = None):
+    self.model_dir = model_dir
+    self._manager = _manager(model_dir, keep)
+
+  def save(self, step: int, state_dict: Any, data_state: dict[str, Any]) -> None:
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state_dict), dataset=ocp.args.JsonSave(data_state)),
+        force=True)
+    self._manager.wait_until_finished()
+
+  def steps(self) -> list[int]:
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def restore_latest(self, target: Any) -> tuple[int, Any, dict[str, Any]] | None:
+    """Newest checkpoint that restores; a broken one is skipped with a warning."""
+    for step in reversed(self.steps()):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), dataset=ocp.args.JsonRestore()))
+        return step, restored["state"], dict(restored["dataset"])
+      except Exception as e:  # a half-written or damaged checkpoint: fall back
+        log.warning("Skipping %s/%s_%d: it cannot be restored (%s: %s); trying the previous one.",
+                    self.model_dir, STEP_PREFIX, step, type(e).__name__, str(e).splitlines()[0])
+        print(f"warning: skipping unreadable checkpoint {STEP_PREFIX}_{step} in {self.model_dir} "
+              f"({type(e).__name__}); restoring the previous one.", flush=True)
+    return None
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _checkpoint_step_dir(path: str) -> tuple[str, int]:
+  """Accepts MODEL_DIR (newest checkpoint) or MODEL_DIR/checkpoint_N."""
+  path = os.path.abspath(path)
+  if not os.path.exists(path):
+    raise CheckpointError(f"INITIAL_CHECKPOINT_PATH {path} does not exist.")
+  base = os.path.basename(path)
+  if base.startswith(STEP_PREFIX + "_") and base[len(STEP_PREFIX) + 1:].isdigit():
+    return os.path.dirname(path), int(base[len(STEP_PREFIX) + 1:])
+  mngr = _manager(path, create=False)
+  latest = mngr.latest_step()
+  if latest is None:
+    raise CheckpointError(
+        f"INITIAL_CHECKPOINT_PATH {path} holds no checkpoint_<step> folder; point it at a "
+        "checkpoint directory such as MODEL_DIR/checkpoint_1000.")
+  return path, latest
+
+
+def restore_initial(path: str, config: T5Config, target: Any) -> Any:
+  """The full train state (params, Adafactor state, step) of INITIAL_CHECKPOINT_PATH.
+
+  The parameter tree is checked against the model config first, so a checkpoint
+  of another size fails naming the first mismatching parameter and both shapes.
+  """
+  directory, step = _checkpoint_step_dir(path)
+  mngr = _manager(directory, create=False)
+  try:
+    meta = mngr.item_metadata(step)["state"]
+  except Exception as e:
+    raise CheckpointError(f"{directory}/{STEP_PREFIX}_{step} is not a readable checkpoint: "
+                          f"{type(e).__name__}: {e}") from e
+  tree = getattr(meta, "tree", meta)
+  if not isinstance(tree, dict) or "target" not in tree:
+    raise CheckpointError(f"{directory}/{STEP_PREFIX}_{step} has no 'target' parameters.")
+  shapes = jax.tree_util.tree_map(lambda m: _Shaped(tuple(m.shape)), dict(tree["target"]))
+  params_lib.check_params(shapes, config, source=f"INITIAL_CHECKPOINT_PATH {path}")
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  return restored["state"]
+
+
+@dataclasses.dataclass
+class _Shaped:
+  shape: tuple[int, ...]

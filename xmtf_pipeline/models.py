@@ -1,0 +1,100 @@
+"""The encoder-decoder model: network + loss, as T5X's ``EncoderDecoderModel``.
+
+Pure functions of (params, batch, rng); no run state. Batches carry seqio's
+EncDecFeatureConverter features (``encoder_input_tokens``, ``decoder_input_tokens``,
+``decoder_target_tokens``, ``decoder_loss_weights`` and, when packed,
+``*_segment_ids``/``*_positions``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from xmtf_pipeline import losses
+from xmtf_pipeline.network import T5Config, Transformer
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+PACKING_FEATURES = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
+                    "decoder_positions")
+
+
+class EncoderDecoderModel:
+  """mT5 with T5X's loss: cross-entropy + z-loss, label smoothing, a normalizing factor."""
+
+  def __init__(self, config: T5Config, z_loss: float = 1e-4, label_smoothing: float = 0.0,
+               loss_normalizing_factor: losses.NormalizingFactor = None):
+    self.config = config
+    self.module = Transformer(config)
+    self.z_loss = z_loss
+    self.label_smoothing = label_smoothing
+    self.loss_normalizing_factor = losses.parse_normalizing_factor(loss_normalizing_factor)
+
+  def logits(self, params: Any, batch: Batch, dropout_rng: Array | None = None) -> Array:
+    packing = {k: batch[k] for k in PACKING_FEATURES if batch.get(k) is not None}
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    return self.module.apply({"params": params}, batch["encoder_input_tokens"],
+                             batch["decoder_input_tokens"], batch["decoder_target_tokens"],
+                             enable_dropout=dropout_rng is not None, rngs=rngs, **packing)
+
+  def normalizer_and_weights(self, batch: Batch):
+    """The divisor and per-token weights for the whole (global) batch."""
+    return losses.get_loss_normalizing_factor_and_weights(self.loss_normalizing_factor, batch)
+
+  def loss_fn(self, params: Any, batch: Batch, dropout_rng: Array | None,
+              normalizer: Array | float | None) -> tuple[Array, dict[str, Array]]:
+    """Loss of ``batch`` whose ``decoder_loss_weights`` are final, divided by ``normalizer``.
+
+    Returns the loss and summed statistics (additive across microbatches).
+    """
+    logits = self.logits(params, batch, dropout_rng)
+    targets = batch["decoder_target_tokens"]
+    weights = batch.get("decoder_loss_weights")
+    loss, z_loss, _ = losses.compute_weighted_cross_entropy(
+        logits, targets, weights, self.label_smoothing, self.z_loss, normalizer)
+    real = jnp.asarray(targets > 0, jnp.float32)
+    if weights is not None:
+      real = real * jnp.asarray(weights > 0, jnp.float32)
+    correct = jnp.asarray(jnp.argmax(logits, axis=-1) == targets, jnp.float32) * real
+    stats = {
+        "loss": loss,
+        "z_loss": z_loss,
+        "correct_tokens": jnp.sum(correct),
+        "real_target_tokens": jnp.sum(real),
+        "total_target_tokens": jnp.asarray(targets.size, jnp.float32),
+        "real_input_tokens": jnp.sum(jnp.asarray(batch["encoder_input_tokens"] > 0, jnp.float32)),
+        "total_input_tokens": jnp.asarray(batch["encoder_input_tokens"].size, jnp.float32),
+    }
+    return loss, stats
+
+  def score_batch(self, params: Any, batch: Batch) -> Array:
+    """Sum of target-token log-probabilities per example (EOS included, no z-loss)."""
+    logits = self.logits(params, batch)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    targets = batch["decoder_target_tokens"]
+    token = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    weights = batch.get("decoder_loss_weights")
+    weights = (targets > 0) if weights is None else weights
+    return jnp.sum(token * weights, axis=-1)
+
+
+def metrics_from_stats(stats: Mapping[str, Any]) -> dict[str, float]:
+  """T5X-named scalars from summed statistics."""
+  real = max(float(stats["real_target_tokens"]), 1.0)
+  loss = float(stats["loss"])
+  z = float(stats["z_loss"])
+  return {
+      "loss": loss,
+      "cross_ent_loss": loss - z,
+      "z_loss": z,
+      "accuracy": float(stats["correct_tokens"]) / real,
+      "loss_per_nonpadding_target_token": loss / real,
+      "loss_per_all_target_tokens": loss / max(float(stats["total_target_tokens"]), 1.0),
+      "non_padding_fraction/decoder": real / max(float(stats["total_target_tokens"]), 1.0),
+      "non_padding_fraction/encoder": (float(stats["real_input_tokens"])
+                                       / max(float(stats["total_input_tokens"]), 1.0)),
+  }

@@ -1,0 +1,255 @@
+"""``xmtf train`` / ``python -m xmtf_pipeline.train``: T5X's train.py on our engine.
+
+Flags as T5X: ``--gin_file`` (repeatable), ``--gin_bindings``, ``--gin.NAME=VALUE``,
+``--gin_search_paths``, ``--tfds_data_dir``, ``--seqio_additional_cache_dirs`` and
+the multi-process flags. Run configs live in ``gin/runs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from xmtf_pipeline import checkpoints, gin_config, input_pipeline, models, params, trainer
+from xmtf_pipeline.adafactor import Adafactor
+from xmtf_pipeline.run_logging import RunLogger
+
+
+class TrainError(RuntimeError):
+  """The run cannot start or continue; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  start_step: int
+  final_step: int
+  first_loss: float | None
+  last_loss: float | None
+  eval_metrics: dict[str, float]
+  preempted: bool = False
+
+
+def _check_model_dir(model_dir: str) -> None:
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    probe = os.path.join(model_dir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise TrainError(f"MODEL_DIR {model_dir!r} is not writable ({e.strerror}); set "
+                     "--gin.MODEL_DIR to a directory you can write.") from e
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag checked between steps (save, then exit 0)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _seed(value: int | None) -> int:
+  return int(value) if value is not None else int(time.time_ns() % (2**31 - 1))
+
+
+def train(*, model: models.EncoderDecoderModel, model_dir: str,
+          train_dataset_cfg: input_pipeline.DatasetConfig,
+          checkpoint_cfg: checkpoints.CheckpointConfig, optimizer: Adafactor,
+          learning_rate_fn: Callable, total_steps: int,
+          train_eval_dataset_cfg: input_pipeline.DatasetConfig | None = None,
+          eval_period: int = 1000, eval_steps: int = 20, random_seed: int | None = None,
+          num_microbatches: int = 1, log_period: int = 100,
+          progress_bar: bool = True) -> TrainResult:
+  """Trains until the global step reaches ``total_steps`` (absolute, as in T5X)."""
+  num_shards, shard_id = jax.process_count(), jax.process_index()
+  _check_model_dir(model_dir)
+  input_pipeline.validate(train_dataset_cfg, num_shards)
+  if train_eval_dataset_cfg is not None:
+    input_pipeline.validate(train_eval_dataset_cfg, num_shards)
+  if jax.process_index() == 0:
+    gin_config.write_operative_config(model_dir)
+
+  ckpt = checkpoints.Checkpointer(model_dir, checkpoint_cfg.keep)
+  state, data_state = _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed,
+                                       train_dataset_cfg)
+  start_step = int(state.step)
+  if start_step >= total_steps:
+    print(f"Step {start_step} >= TRAIN_STEPS={total_steps}: nothing to train "
+          "(TRAIN_STEPS is absolute and counts restored steps).")
+    return TrainResult(start_step, start_step, None, None, {})
+
+  rng = jax.random.PRNGKey(data_state["random_seed"])
+  step_fn = trainer.jit_train_step(model, optimizer, learning_rate_fn, num_microbatches)
+  ds = input_pipeline.get_dataset(train_dataset_cfg, data_state["data_seed"], shard_id, num_shards,
+                                  skip_batches=data_state["batches"])
+  batches = input_pipeline.iterate(ds)
+  logger = RunLogger(model_dir, total_steps, start_step, train_dataset_cfg.batch_size,
+                     log_period, progress_bar)
+  eval_fn = trainer.jit_eval_step(model) if train_eval_dataset_cfg is not None else None
+  first_loss = last_loss = None
+  eval_metrics: dict[str, float] = {}
+  preempted = False
+  step = start_step
+  try:
+    with _Preemption() as preemption:
+      while step < total_steps:
+        try:
+          batch = next(batches)
+        except StopIteration:
+          raise TrainError(f"The training data of {train_dataset_cfg.mixture_or_task_name!r} "
+                           f"ran out at step {step}; use num_epochs=None (repeat).") from None
+        state, stats = step_fn(state, batch, rng)
+        step += 1
+        data_state["batches"] += 1
+        logger.record(stats)
+        if step % log_period == 0 or step == total_steps:
+          metrics = _flush(logger, step)
+          first_loss = metrics["loss"] if first_loss is None else first_loss
+          last_loss = metrics["loss"]
+        if eval_fn is not None and eval_period and step % eval_period == 0:
+          eval_metrics = run_train_eval(eval_fn, state.params, train_eval_dataset_cfg, eval_steps,
+                                        shard_id, num_shards)
+          logger.write_eval(step, eval_metrics)
+        if step % checkpoint_cfg.save_period == 0 or step == total_steps or preemption.requested:
+          _flush(logger, step, require_finite_only=True)
+          ckpt.save(step, state.state_dict(), data_state)
+        if preemption.requested:
+          print(f"SIGTERM: saved checkpoint_{step} in {model_dir}; exiting.", flush=True)
+          preempted = True
+          break
+  finally:
+    logger.close()
+    ckpt.close()
+  return TrainResult(start_step, step, first_loss, last_loss, eval_metrics, preempted)
+
+
+def _flush(logger: RunLogger, step: int, require_finite_only: bool = False) -> dict[str, float]:
+  """Fetches pending statistics; a non-finite loss stops the run before any save."""
+  summary = logger.flush(step, write=not require_finite_only)
+  if summary.get("nonfinite", 0):
+    raise TrainError(
+        f"Loss became NaN/Inf at or before step {step}; stopping without saving. The last good "
+        "checkpoint is intact: lower the learning rate, check the data, or use bf16 not fp16.")
+  return summary
+
+
+def _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed, train_cfg):
+  """T5X's order: latest in MODEL_DIR, else INITIAL_CHECKPOINT_PATH, else scratch."""
+  seed = _seed(random_seed)
+  init_params = params.init_params(model.config, jax.random.PRNGKey(seed))
+  state = trainer.TrainState.create(init_params, optimizer)
+  restored = ckpt.restore_latest(state.state_dict())
+  if restored is not None:
+    step, state_dict, data_state = restored
+    print(f"Restored checkpoint_{step} from {ckpt.model_dir} (data position "
+          f"{data_state['batches']} batches).", flush=True)
+    return trainer.TrainState.from_state_dict(state_dict), data_state
+  data_state = {"batches": 0, "random_seed": seed,
+                "data_seed": int(train_cfg.seed) if train_cfg.seed is not None else seed}
+  if checkpoint_cfg.restore_path:
+    state_dict = checkpoints.restore_initial(checkpoint_cfg.restore_path, model.config,
+                                             state.state_dict())
+    state = trainer.TrainState.from_state_dict(state_dict)
+    print(f"Initialized from {checkpoint_cfg.restore_path} at step {int(state.step)}.", flush=True)
+  return state, data_state
+
+
+def run_train_eval(eval_fn, params_tree, cfg: input_pipeline.DatasetConfig, eval_steps: int,
+                   shard_id: int = 0, num_shards: int = 1) -> dict[str, float]:
+  """Teacher-forced loss and accuracy over ``eval_steps`` batches of the validation split."""
+  ds = input_pipeline.get_dataset(cfg, cfg.seed, shard_id, num_shards, num_epochs=1)
+  totals: dict[str, Any] = {}
+  n = 0
+  for batch in input_pipeline.iterate(ds.take(eval_steps) if eval_steps else ds):
+    stats = jax.device_get(eval_fn(params_tree, batch))
+    totals = {k: totals.get(k, 0.0) + np.asarray(v) for k, v in stats.items()}
+    n += 1
+  if not n:
+    raise TrainError(f"The {cfg.split!r} split of {cfg.mixture_or_task_name!r} yielded no full "
+                     f"batch of {cfg.batch_size}; lower the train_eval batch size.")
+  metrics = models.metrics_from_stats(totals)
+  metrics["loss"] = float(totals["loss"]) / n  # mean of per-batch normalized losses
+  metrics["batches"] = n
+  return metrics
+
+
+def build_arg_parser(prog: str = "xmtf train") -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog=prog, description="Train or finetune with gin configs (T5X flags).")
+  p.add_argument("--gin_file", action="append", default=[],
+                 help="gin file (repeatable; later files override earlier)")
+  p.add_argument("--gin_bindings", action="append", default=[],
+                 help="gin binding applied after the files (repeatable); --gin.NAME=VALUE works too")
+  p.add_argument("--gin_search_paths", action="append", default=[],
+                 help="comma-separated folders to resolve gin files and includes")
+  p.add_argument("--tfds_data_dir", default=None, help="TFDS data dir override")
+  p.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
+                 help="extra folders with cached SeqIO tasks")
+  p.add_argument("--multiprocess_gpu", action="store_true",
+                 help="initialize jax.distributed for multi-process GPU/CPU runs")
+  p.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+  p.add_argument("--process_count", type=int, default=None)
+  p.add_argument("--process_index", type=int, default=None)
+  return p
+
+
+def _configure_data_flags(args: argparse.Namespace) -> None:
+  if not (args.tfds_data_dir or args.seqio_additional_cache_dirs):
+    return
+  import seqio
+  if args.tfds_data_dir:
+    seqio.set_tfds_data_dir_override(args.tfds_data_dir)
+  if args.seqio_additional_cache_dirs:
+    seqio.add_global_cache_dirs(args.seqio_additional_cache_dirs)
+
+
+def main(argv: list[str] | None = None, prog: str = "xmtf train") -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    args = build_arg_parser(prog).parse_args(gin_config.rewrite_gin_args(argv))
+    if args.multiprocess_gpu:
+      from xmtf_pipeline import distributed
+      distributed.initialize(args.coordinator_address, args.process_count, args.process_index)
+    _configure_data_flags(args)
+    search = [p for arg in args.gin_search_paths for p in arg.split(",") if p]
+    gin_config.parse(args.gin_file, args.gin_bindings, search, finalize=False)
+    gin_config.check_required_macros()
+    run = gin_config.get_configurable(train)
+    result = run()
+  except (gin_config.GinConfigError, TrainError, input_pipeline.DatasetError,
+          checkpoints.CheckpointError, params.ParamMismatchError, ValueError) as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    return 2
+  if result.last_loss is not None:
+    print(f"Done: step {result.start_step} -> {result.final_step}, "
+          f"loss {result.first_loss:.4f} -> {result.last_loss:.4f}.")
+  return 0
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  from xmtf_pipeline import train as _train_module  # gin binds the importable module, not __main__
+  sys.exit(_train_module.main(prog="python -m xmtf_pipeline.train"))

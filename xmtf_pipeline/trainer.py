@@ -1,0 +1,123 @@
+"""The train state and the train/eval steps as small pure functions.
+
+The state's tree is T5X's checkpoint layout: ``{'target': params, 'state':
+{'step', 'param_states'}}``, so checkpoints map one-to-one onto T5X's.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from xmtf_pipeline.adafactor import Adafactor
+from xmtf_pipeline.models import EncoderDecoderModel
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  params: PyTree
+  opt_state: dict[str, Any]  # {'step': int32, 'param_states': tree of slot dicts}
+
+  @property
+  def step(self) -> jax.Array:
+    return self.opt_state["step"]
+
+  @classmethod
+  def create(cls, params: PyTree, optimizer: Adafactor) -> TrainState:
+    return cls(params=params, opt_state=optimizer.init(params))
+
+  def state_dict(self) -> dict[str, Any]:
+    return {"target": self.params, "state": self.opt_state}
+
+  @classmethod
+  def from_state_dict(cls, d: Mapping[str, Any]) -> TrainState:
+    return cls(params=d["target"], opt_state=d["state"])
+
+
+def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
+  def split(x):
+    if x.shape[0] % num_microbatches:
+      raise ValueError(f"Batch of {x.shape[0]} does not split into {num_microbatches} "
+                       "microbatches; choose a divisor of the per-host batch size.")
+    return x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:])
+  return {k: split(v) for k, v in batch.items()}
+
+
+def compute_gradients(model: EncoderDecoderModel, params: PyTree, batch: Batch,
+                      dropout_rng: jax.Array | None, num_microbatches: int = 1):
+  """Gradients of the batch loss and summed statistics.
+
+  The normalizing factor and the per-token weights are computed on the whole
+  batch first, so summing microbatch gradients gives exactly the one-batch
+  gradient (T5X normalizes each microbatch alone, which agrees only when
+  microbatches hold equal token counts).
+  """
+  normalizer, weights = model.normalizer_and_weights(batch)
+  batch = dict(batch)
+  if weights is not None:
+    batch["decoder_loss_weights"] = weights
+  grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+  if num_microbatches <= 1:
+    (_, stats), grads = grad_fn(params, batch, dropout_rng, normalizer)
+    return grads, stats
+
+  micro = _split_microbatches(batch, num_microbatches)
+  rngs = (jax.random.split(dropout_rng, num_microbatches) if dropout_rng is not None
+          else jnp.zeros((num_microbatches, 2), jnp.uint32))
+
+  def body(carry, xs):
+    mb, rng = xs
+    (_, stats), grads = grad_fn(params, mb, rng if dropout_rng is not None else None, normalizer)
+    acc_grads, acc_stats = carry
+    return (jax.tree_util.tree_map(jnp.add, acc_grads, grads),
+            jax.tree_util.tree_map(jnp.add, acc_stats, stats)), None
+
+  zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+  stats_shape = jax.eval_shape(lambda: grad_fn(params, jax.tree_util.tree_map(lambda x: x[0], micro),
+                                               None, normalizer)[0][1])
+  zero_stats = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape)
+  (grads, stats), _ = jax.lax.scan(body, (zero_grads, zero_stats), (micro, rngs))
+  return grads, stats
+
+
+def train_step(model: EncoderDecoderModel, optimizer: Adafactor, learning_rate_fn: Callable,
+               num_microbatches: int, state: TrainState, batch: Batch, rng: jax.Array,
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step. Dropout RNG = fold_in(rng, step), as ``t5x/trainer.py``."""
+  step = state.step
+  dropout_rng = None
+  if model.config.dropout_rate > 0.0:
+    dropout_rng = jax.random.fold_in(rng, step)
+  grads, stats = compute_gradients(model, state.params, batch, dropout_rng, num_microbatches)
+  lr = learning_rate_fn(step)
+  params, opt_state = optimizer.apply_gradient(state.params, state.opt_state, grads, lr)
+  stats = dict(stats, learning_rate=lr, nonfinite=~jnp.isfinite(stats["loss"]))
+  return TrainState(params=params, opt_state=opt_state), stats
+
+
+def eval_step(model: EncoderDecoderModel, params: PyTree, batch: Batch) -> dict[str, jax.Array]:
+  """Teacher-forced loss statistics with the training objective, no dropout."""
+  normalizer, weights = model.normalizer_and_weights(batch)
+  batch = dict(batch)
+  if weights is not None:
+    batch["decoder_loss_weights"] = weights
+  _, stats = model.loss_fn(params, batch, None, normalizer)
+  return stats
+
+
+def jit_train_step(model, optimizer, learning_rate_fn, num_microbatches=1):
+  """The jitted step; the state's buffers are donated (updated in place)."""
+  fn = functools.partial(train_step, model, optimizer, learning_rate_fn, num_microbatches)
+  return jax.jit(fn, donate_argnums=(0,))
+
+
+def jit_eval_step(model):
+  return jax.jit(functools.partial(eval_step, model))
