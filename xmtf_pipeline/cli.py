@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model", default="mt5_tiny", help="model name (gin/models/NAME.gin) or gin file")
   p.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings")
   p.set_defaults(func=_params)
+  __import__("xmtf_pipeline.data_inspect", fromlist=["add_parser"]).add_parser(sub)
   return parser
 
 
