@@ -46,7 +46,8 @@ def _manager(directory: str, keep: int | None = None, create: bool = True) -> oc
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix=STEP_PREFIX,
                                          enable_async_checkpointing=False, create=create)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=("state", "dataset"))
+                               item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                              "dataset": ocp.JsonCheckpointHandler()})
 
 
 class Checkpointer:
@@ -74,11 +75,24 @@ class Checkpointer:
             state=ocp.args.StandardRestore(target), dataset=ocp.args.JsonRestore()))
         return step, restored["state"], dict(restored["dataset"])
       except Exception as e:  # a half-written or damaged checkpoint: fall back
-        log.warning("Skipping %s/%s_%d: it cannot be restored (%s: %s); trying the previous one.",
-                    self.model_dir, STEP_PREFIX, step, type(e).__name__, str(e).splitlines()[0])
+        moved = self._set_aside(step)
+        log.warning("Skipping %s: it cannot be restored (%s: %s); moved to %s.", moved,
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "", moved)
         print(f"warning: skipping unreadable checkpoint {STEP_PREFIX}_{step} in {self.model_dir} "
-              f"({type(e).__name__}); restoring the previous one.", flush=True)
+              f"({type(e).__name__}); kept it as {os.path.basename(moved)} and restoring the "
+              "previous one.", flush=True)
     return None
+
+  def _set_aside(self, step: int) -> str:
+    """Renames a broken checkpoint (never deletes data) so the step can be saved again."""
+    src = os.path.join(self.model_dir, f"{STEP_PREFIX}_{step}")
+    dst, n = src + ".unreadable", 1
+    while os.path.exists(dst):
+      n += 1
+      dst = f"{src}.unreadable{n}"
+    os.rename(src, dst)
+    self._manager.reload()
+    return dst
 
   def close(self) -> None:
     self._manager.close()

@@ -1,0 +1,204 @@
+"""Whole runs of `xmtf train`: kill -9 and resume, SIGTERM, bad input, gin files."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from xmtf_pipeline import checkpoints, gin_config, params
+from xmtf_pipeline import train as train_lib
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _flags(model_dir, steps=30, **overrides):
+  macros = {
+      "MODEL_DIR": f'"{model_dir}"',
+      "MIXTURE_OR_TASK_NAME": '"synthetic_copy"',
+      "MIXTURE_OR_TASK_MODULE": '"tasks.synthetic"',
+      "TASK_FEATURE_LENGTHS": "{'inputs': 16, 'targets': 8}",
+      "TRAIN_STEPS": str(steps),
+      "INITIAL_CHECKPOINT_PATH": "None",
+      "BATCH_SIZE": "16",
+      "DROPOUT_RATE": "0.1",  # dropout on: resume must replay the same RNG too
+      "RANDOM_SEED": "7",
+      "LOG_PERIOD": "5",
+      "SAVE_PERIOD": "5",
+      "EVAL_PERIOD": "0",
+  }
+  macros.update({k: str(v) for k, v in overrides.items()})
+  return (["--gin_file=models/mt5_tiny.gin", "--gin_file=runs/finetune.gin"]
+          + [f"--gin.{k}={v}" for k, v in macros.items() if v != "UNSET"])
+
+
+def _spawn(model_dir, steps, **overrides):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+  return subprocess.Popen([sys.executable, "-m", "xmtf_pipeline.train",
+                           *_flags(model_dir, steps, **overrides)],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def _final_params(model_dir, step):
+  config = gin_config.load_model_config("mt5_tiny")
+  target = params.init_params(config, jax.random.PRNGKey(0))
+  from xmtf_pipeline.adafactor import Adafactor
+  from xmtf_pipeline.trainer import TrainState
+  state = TrainState.create(target, Adafactor()).state_dict()
+  ckpt = checkpoints.Checkpointer(str(model_dir))
+  got = ckpt.restore_latest(state)
+  ckpt.close()
+  assert got is not None and got[0] == step
+  return params.flatten(got[1]["target"]), got[1]["state"], got[2]
+
+
+def _wait_for(path: Path, proc, timeout=120):
+  t0 = time.time()
+  while not path.exists():
+    assert proc.poll() is None, proc.stdout.read()
+    assert time.time() - t0 < timeout, f"{path} never appeared"
+    time.sleep(0.05)
+
+
+def test_kill_9_and_resume_is_bitwise_identical(tmp_path):
+  steps = 30
+  ref = _spawn(tmp_path / "ref", steps)
+  out, _ = ref.communicate(timeout=300)
+  assert ref.returncode == 0, out
+
+  rng = np.random.default_rng()
+  delay = float(rng.uniform(0.0, 1.0))
+  run = _spawn(tmp_path / "run", steps)
+  _wait_for(tmp_path / "run" / "checkpoint_5", run)
+  time.sleep(delay)  # then kill -9 wherever it is: mid-step, mid-save, ...
+  run.send_signal(signal.SIGKILL)
+  run.communicate(timeout=60)
+  resumed = _spawn(tmp_path / "run", steps)
+  out, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, out
+  assert "Restored checkpoint_" in out, out
+
+  want, want_state, want_data = _final_params(tmp_path / "ref", steps)
+  got, got_state, got_data = _final_params(tmp_path / "run", steps)
+  assert got_data == want_data
+  for path in want:
+    np.testing.assert_array_equal(got[path], want[path], err_msg=f"{path} (delay {delay:.2f}s)")
+  for a, b in zip(jax.tree_util.tree_leaves(got_state), jax.tree_util.tree_leaves(want_state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path):
+  run = _spawn(tmp_path / "run", 100_000, SAVE_PERIOD=1000)
+  _wait_for(tmp_path / "run" / "train", run)  # the first log interval was written
+  run.send_signal(signal.SIGTERM)
+  out, _ = run.communicate(timeout=120)
+  assert run.returncode == 0, out
+  assert "SIGTERM: saved checkpoint_" in out
+  step = int(out.split("SIGTERM: saved checkpoint_")[1].split()[0])
+  assert 0 < step < 100_000
+  got, _, data = _final_params(tmp_path / "run", step)
+  assert data["batches"] == step
+  # And the run continues from there.
+  resumed = _spawn(tmp_path / "run", step + 5)
+  out, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0 and f"Restored checkpoint_{step}" in out, out
+
+
+def test_half_written_checkpoint_is_skipped(tmp_path, capsys):
+  model_dir = tmp_path / "run"
+  assert train_lib.main(_flags(model_dir, steps=10)) == 0
+  # Damage the newest checkpoint as a crash mid-write on a non-atomic filesystem would.
+  for f in (model_dir / "checkpoint_10" / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"")
+  capsys.readouterr()
+  assert train_lib.main(_flags(model_dir, steps=12)) == 0
+  out = capsys.readouterr().out
+  assert "skipping unreadable checkpoint checkpoint_10" in out
+  assert "Restored checkpoint_5" in out
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"MODEL_DIR": "UNSET"}, "MODEL_DIR set to %gin.REQUIRED but not subsequently overridden"),
+    ({"train_script.train.total_stepz": "3"}, "doesn't have a parameter named 'total_stepz'"),
+    ({"nowhere.Thing.x": "1"}, "No configurable matching 'nowhere.Thing'"),
+    ({"TASK_FEATURE_LENGTHS": "{'inputs': 16}"}, "missing feature(s) ['targets']"),
+    ({"MIXTURE_OR_TASK_NAME": '"no_such_task"'}, "'no_such_task' is not registered"),
+    ({"LOSS_NORMALIZING_FACTOR": '"PER_SEQ"'}, "LOSS_NORMALIZING_FACTOR='PER_SEQ' is not known"),
+    ({"INITIAL_CHECKPOINT_PATH": '"/nonexistent/ckpt"'}, "/nonexistent/ckpt does not exist"),
+])
+def test_bad_configuration_fails_before_work_naming_it(tmp_path, capsys, override, message):
+  assert train_lib.main(_flags(tmp_path / "run", **override)) == 2
+  err = capsys.readouterr().err
+  assert message in err, err
+  assert not list((tmp_path / "run").glob("checkpoint_*"))
+
+
+def test_unwritable_model_dir(tmp_path, capsys):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  assert train_lib.main(_flags(blocker / "run")) == 2
+  assert "is not writable" in capsys.readouterr().err
+
+
+def test_batch_not_divisible_by_data_parallel_size():
+  import tasks.synthetic  # noqa: F401
+  from xmtf_pipeline import input_pipeline
+  cfg = input_pipeline.DatasetConfig("synthetic_copy", {"inputs": 8, "targets": 8}, "train", 30,
+                                     True)
+  with pytest.raises(input_pipeline.DatasetError, match="BATCH_SIZE=30 is not divisible by .* 4"):
+    input_pipeline.validate(cfg, num_shards=4)
+
+
+def test_initial_checkpoint_of_another_size_names_the_parameter(tmp_path, capsys):
+  other = tmp_path / "other"
+  assert train_lib.main(_flags(other, steps=1, SAVE_PERIOD=1) + [
+      "--gin.network.T5Config.emb_dim=32"]) == 0
+  capsys.readouterr()
+  rc = train_lib.main(_flags(tmp_path / "run", steps=2,
+                             INITIAL_CHECKPOINT_PATH=f'"{other}/checkpoint_1"'))
+  assert rc == 2
+  err = capsys.readouterr().err
+  assert "decoder/decoder_norm/scale has shape (32,) but the model config expects (64,)" in err
+
+
+def test_initial_checkpoint_continues_its_step(tmp_path, capsys):
+  first = tmp_path / "first"
+  assert train_lib.main(_flags(first, steps=5)) == 0
+  capsys.readouterr()
+  # TRAIN_STEPS is absolute: 5 restored + 3 more.
+  assert train_lib.main(_flags(tmp_path / "second", steps=8,
+                               INITIAL_CHECKPOINT_PATH=f'"{first}"')) == 0
+  assert "Initialized from" in capsys.readouterr().out
+  _, state, _ = _final_params(tmp_path / "second", 8)
+  assert int(state["step"]) == 8
+
+
+GIN_FILES = sorted(p.relative_to(REPO / "gin").as_posix() for p in (REPO / "gin").rglob("*.gin"))
+
+
+@pytest.mark.parametrize("gin_file", GIN_FILES)
+def test_every_gin_file_parses_and_binds(gin_file):
+  """Each file with the REQUIRED macros filled parses, and its objects build."""
+  import tasks.synthetic  # noqa: F401
+  files = [gin_file] if gin_file.startswith("models/") else ["models/mt5_tiny.gin", gin_file]
+  bindings = [f"{k} = {v}" for k, v in {
+      "DROPOUT_RATE": "0.0", "MODEL_DIR": "'/tmp/x'", "MIXTURE_OR_TASK_NAME": "'synthetic_copy'",
+      "TASK_FEATURE_LENGTHS": "{'inputs': 8, 'targets': 8}", "TRAIN_STEPS": "10",
+      "INITIAL_CHECKPOINT_PATH": "None"}.items()
+      if gin_file.startswith("runs/") or k == "DROPOUT_RATE"]
+  gin_config.parse(files, bindings, finalize=False)
+  gin_config.check_required_macros()
+  config = gin_config.evaluate("%MODEL_CONFIG")
+  assert config.vocab_size > 0
+  if gin_file.startswith("runs/"):
+    for ref in ("@models.EncoderDecoderModel()", "@train/input_pipeline.DatasetConfig()",
+                "@train_eval/input_pipeline.DatasetConfig()", "@checkpoints.CheckpointConfig()",
+                "@adafactor.Adafactor()", "@schedules.create_learning_rate_scheduler()"):
+      assert gin_config.evaluate(ref) is not None, ref
