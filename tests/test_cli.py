@@ -3,13 +3,15 @@
 import subprocess
 import sys
 
+import pytest
+
 from xmtf_pipeline import cli
 
 
 def test_help_lists_subcommands():
   out = subprocess.run([sys.executable, "-m", "xmtf_pipeline.cli", "--help"], capture_output=True,
                        text=True, check=True).stdout
-  for command in ("demo", "params"):
+  for command in ("demo", "train", "params"):
     assert command in out
 
 
@@ -19,7 +21,16 @@ def test_unknown_model_is_a_clear_error(capsys):
   assert "Unknown model 'mt5_nope'" in err and "mt5_large" in err
 
 
-def test_demo_runs_forward_pass(capsys):
-  assert cli.main(["demo"]) == 0
+def test_demo_runs_end_to_end(tmp_path, capsys):
+  assert cli.main(["demo", "--model_dir", str(tmp_path / "demo"), "--steps", "12",
+                   "--batch_size", "8"]) == 0
   out = capsys.readouterr().out
-  assert "total (52 arrays)" in out and "forward pass: logits (2, 8, 512)" in out
+  assert "[4/4] validation after 12 steps" in out and "greedy outputs" in out
+  assert (tmp_path / "demo" / "checkpoint_12").is_dir()
+  # The demo refuses to clear a folder it did not make.
+  other = tmp_path / "mine"
+  other.mkdir()
+  (other / "precious.txt").write_text("keep")
+  with pytest.raises(SystemExit, match="was not made by the demo"):
+    cli.main(["demo", "--model_dir", str(other)])
+  assert (other / "precious.txt").exists()

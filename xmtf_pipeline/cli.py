@@ -12,7 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def _demo(args: argparse.Namespace) -> int:
   from xmtf_pipeline import demo
-  return demo.main(model=args.model)
+  return demo.main(model=args.model, model_dir=args.model_dir, steps=args.steps,
+                   batch_size=args.batch_size)
 
 
 def _params(args: argparse.Namespace) -> int:
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("demo", help="the main job on the embedded default (tiny mT5, CPU)")
   p.add_argument("--model", default="mt5_tiny", help="model name (gin/models/NAME.gin) or gin file")
+  p.add_argument("--model_dir", default="runs/demo", help="where checkpoints and logs go")
+  p.add_argument("--steps", type=int, default=400, help="training steps")
+  p.add_argument("--batch_size", type=int, default=32)
   p.set_defaults(func=_demo)
 
   # Commands with their own T5X-style flag parsers: listed here, dispatched in main().

@@ -90,11 +90,11 @@ class DecoderLayer(nn.Module):
                decode_position: Array | None = None) -> Array:
     cfg = self.config
     dt = cfg.compute_dtype
-    if decode:
+    if decode and decode_position is not None:
       max_len = self._cache_length(inputs)
       bias = self.relative_embedding(1, max_len, bidirectional=False,
                                      query_offset=decode_position)
-    else:
+    else:  # full sequence, or the call that allocates the decode cache
       length = inputs.shape[-2]
       bias = self.relative_embedding(length, length, bidirectional=False)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_self_attention_layer_norm")(inputs)
@@ -193,7 +193,9 @@ class Transformer(nn.Module):
     """Decoder logits (float32). With ``decode=True``, one step against the cache.
 
     In full mode the masks come from ``decoder_target_tokens`` (id 0 is
-    padding); in decode mode the self-attention mask comes from the cache.
+    padding); in decode mode the self-attention mask comes from the cache, and
+    ``decode_position=None`` marks the call that allocates the cache for
+    ``decoder_input_tokens.shape[1]`` positions.
     """
     enc_valid = encoder_input_tokens > 0
     if decode:
