@@ -200,5 +200,6 @@ def test_every_gin_file_parses_and_binds(gin_file):
   if gin_file.startswith("runs/"):
     for ref in ("@models.EncoderDecoderModel()", "@train/input_pipeline.DatasetConfig()",
                 "@train_eval/input_pipeline.DatasetConfig()", "@checkpoints.CheckpointConfig()",
-                "@adafactor.Adafactor()", "@schedules.create_learning_rate_scheduler()"):
+                "@adafactor.Adafactor()", "@schedules.create_learning_rate_scheduler()",
+                "@partitioning.Partitioner()"):
       assert gin_config.evaluate(ref) is not None, ref

@@ -118,9 +118,26 @@ def _checkpoint_step_dir(path: str) -> tuple[str, int]:
 def restore_initial(path: str, config: T5Config, target: Any) -> Any:
   """The full train state (params, Adafactor state, step) of INITIAL_CHECKPOINT_PATH.
 
+  Accepts, besides our own checkpoints: a Hugging Face MT5 directory
+  (safetensors or pytorch_model.bin, single or sharded; Adafactor then starts
+  from zero accumulators at step 0, since HF weights carry no optimizer state),
+  and native T5X checkpoints, legacy msgpack + TensorStore or orbax, local or
+  gs:// (their params, Adafactor state and step, as T5X's own restore).
   The parameter tree is checked against the model config first, so a checkpoint
   of another size fails naming the first mismatching parameter and both shapes.
   """
+  from xmtf_pipeline import hf_import, t5x_import  # lazy: only INITIAL_CHECKPOINT_PATH needs them
+
+  if hf_import.is_hf_dir(path):
+    return hf_import.restore_state(path, config, target)
+  if path.startswith("gs://"):
+    return t5x_import.restore_state(path, config, target)
+  try:
+    _, location = t5x_import.detect_layout(path)
+  except CheckpointError:
+    location = None  # not a checkpoint at all: the message below says what is expected
+  if location is not None and not t5x_import.is_own_orbax_checkpoint(location.path):
+    return t5x_import.restore_state(location.path, config, target)
   directory, step = _checkpoint_step_dir(path)
   mngr = _manager(directory, create=False)
   try:

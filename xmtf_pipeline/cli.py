@@ -23,6 +23,45 @@ def _params(args: argparse.Namespace) -> int:
   return 0
 
 
+def _conversion_errors():
+  """Errors of the checkpoint converters that are the user's input, not a bug."""
+  from xmtf_pipeline.checkpoints import CheckpointError
+  from xmtf_pipeline.hf_export import HFExportError
+  from xmtf_pipeline.hf_import import HFImportError
+  from xmtf_pipeline.safetensors_io import SafetensorsError
+  return (CheckpointError, HFExportError, HFImportError, SafetensorsError, FileExistsError)
+
+
+def _export_hf(args: argparse.Namespace) -> int:
+  from xmtf_pipeline import gin_config, hf_export
+  try:
+    config = (gin_config.load_model_config(args.model, args.gin_bindings)
+              if args.model else None)
+    hf_export.export(args.checkpoint_dir, args.output_dir, dtype=args.dtype,
+                     overwrite=args.overwrite, spm_model=args.spm_model, extra_ids=args.extra_ids,
+                     model_config=config, max_shard_size=args.max_shard_size,
+                     eval_results=args.eval_results)
+  except _conversion_errors() as e:
+    print(f"xmtf export-hf: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def _import_hf(args: argparse.Namespace) -> int:
+  from xmtf_pipeline import gin_config, hf_import
+  try:
+    config = (gin_config.load_model_config(args.model, args.gin_bindings)
+              if args.model else None)
+    path = hf_import.import_hf(args.hf_dir, args.output_dir, overwrite=args.overwrite,
+                               config=config, step=args.step)
+  except _conversion_errors() as e:
+    print(f"xmtf import-hf: error: {e}", file=sys.stderr)
+    return 2
+  print(f"Wrote {path} (parameters from {args.hf_dir}; Adafactor at zero, step {args.step}). "
+        f"Use it as --gin.INITIAL_CHECKPOINT_PATH=\\\"{path}\\\".")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="xmtf", description="Reproduce mT0: T5X-style training and SeqIO tasks on JAX.")
@@ -44,6 +83,36 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings")
   p.set_defaults(func=_params)
   __import__("xmtf_pipeline.data_inspect", fromlist=["add_parser"]).add_parser(sub)
+
+  p = sub.add_parser("export-hf", help="export a checkpoint as a Hugging Face MT5 directory")
+  p.add_argument("--checkpoint_dir", required=True,
+                 help="MODEL_DIR/checkpoint_N (ours or native T5X; MODEL_DIR = newest)")
+  p.add_argument("--output_dir", required=True, help="the HF directory to write")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+  p.add_argument("--spm_model", default=None,
+                 help="SentencePiece model (default: the run's, from MODEL_DIR/config.gin)")
+  p.add_argument("--extra_ids", type=int, default=None,
+                 help="sentinels appended to the SentencePiece vocabulary (default: inferred)")
+  p.add_argument("--model", default=None,
+                 help="model gin (name or file) if MODEL_DIR/config.gin is absent")
+  p.add_argument("--gin_bindings", action="append", default=[], help="bindings for --model")
+  p.add_argument("--max_shard_size", default="5GB",
+                 help="shard model.safetensors above this size (e.g. 5GB, 500MB)")
+  p.add_argument("--eval_results", default=None,
+                 help="results.md / model_index.yaml (or their folder) for the model card")
+  p.set_defaults(func=_export_hf)
+
+  p = sub.add_parser("import-hf", help="convert a Hugging Face MT5 directory to a checkpoint")
+  p.add_argument("--hf_dir", required=True,
+                 help="HF directory (model.safetensors or pytorch_model.bin, single or sharded)")
+  p.add_argument("--output_dir", required=True, help="writes OUTPUT_DIR/checkpoint_<step>")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+  p.add_argument("--model", default=None,
+                 help="model gin (name or file) that config.json must match")
+  p.add_argument("--gin_bindings", action="append", default=[], help="bindings for --model")
+  p.add_argument("--step", type=int, default=0, help="step of the written checkpoint")
+  p.set_defaults(func=_import_hf)
   return parser
 
 

@@ -19,8 +19,18 @@ from typing import Any
 import jax
 import numpy as np
 
-from xmtf_pipeline import checkpoints, gin_config, input_pipeline, models, params, trainer
+from xmtf_pipeline import (
+  checkpoints,
+  distributed,
+  gin_config,
+  input_pipeline,
+  models,
+  params,
+  partitioning,
+  trainer,
+)
 from xmtf_pipeline.adafactor import Adafactor
+from xmtf_pipeline.partitioning import Partitioner
 from xmtf_pipeline.run_logging import RunLogger
 
 
@@ -73,7 +83,14 @@ class _Preemption:
 
 
 def _seed(value: int | None) -> int:
-  return int(value) if value is not None else int(time.time_ns() % (2**31 - 1))
+  """RANDOM_SEED, or a time-based one agreed by all processes (host 0's, as T5X)."""
+  if value is not None:
+    return int(value)
+  seed = np.int32(time.time_ns() % (2**31 - 1))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    seed = multihost_utils.broadcast_one_to_all(seed)
+  return int(seed)
 
 
 def train(*, model: models.EncoderDecoderModel, model_dir: str,
@@ -83,19 +100,23 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
           train_eval_dataset_cfg: input_pipeline.DatasetConfig | None = None,
           eval_period: int = 1000, eval_steps: int = 20, random_seed: int | None = None,
           num_microbatches: int = 1, log_period: int = 100,
-          progress_bar: bool = True) -> TrainResult:
+          partitioner: Partitioner | None = None, progress_bar: bool = True) -> TrainResult:
   """Trains until the global step reaches ``total_steps`` (absolute, as in T5X)."""
-  num_shards, shard_id = jax.process_count(), jax.process_index()
+  partitioner = partitioner or Partitioner()
+  mesh = partitioner.mesh()
+  shard_id, num_shards = partitioner.data_layout()
   _check_model_dir(model_dir)
-  input_pipeline.validate(train_dataset_cfg, num_shards)
-  if train_eval_dataset_cfg is not None:
-    input_pipeline.validate(train_eval_dataset_cfg, num_shards)
+  for cfg in (train_dataset_cfg, train_eval_dataset_cfg):
+    if cfg is not None:
+      input_pipeline.validate(cfg, num_shards)
+      _check_divisible(cfg, partitioner.data_parallel_size(mesh), num_microbatches)
   if jax.process_index() == 0:
     gin_config.write_operative_config(model_dir)
 
   ckpt = checkpoints.Checkpointer(model_dir, checkpoint_cfg.keep)
-  state, data_state = _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed,
-                                       train_dataset_cfg)
+  state, shardings, data_state = _restore_or_init(model, optimizer, ckpt, checkpoint_cfg,
+                                                  random_seed, train_dataset_cfg, partitioner,
+                                                  mesh)
   start_step = int(state.step)
   if start_step >= total_steps:
     print(f"Step {start_step} >= TRAIN_STEPS={total_steps}: nothing to train "
@@ -103,13 +124,16 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
     return TrainResult(start_step, start_step, None, None, {})
 
   rng = jax.random.PRNGKey(data_state["random_seed"])
-  step_fn = trainer.jit_train_step(model, optimizer, learning_rate_fn, num_microbatches)
+  step_fn = trainer.jit_train_step(model, optimizer, learning_rate_fn, num_microbatches,
+                                   partitioner, mesh, shardings)
   ds = input_pipeline.get_dataset(train_dataset_cfg, data_state["data_seed"], shard_id, num_shards,
                                   skip_batches=data_state["batches"])
   batches = input_pipeline.iterate(ds)
   logger = RunLogger(model_dir, total_steps, start_step, train_dataset_cfg.batch_size,
                      log_period, progress_bar)
-  eval_fn = trainer.jit_eval_step(model) if train_eval_dataset_cfg is not None else None
+  eval_fn = None
+  if train_eval_dataset_cfg is not None:
+    eval_fn = trainer.jit_eval_step(model, partitioner, mesh, shardings["target"])
   first_loss = last_loss = None
   eval_metrics: dict[str, float] = {}
   preempted = False
@@ -122,7 +146,7 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
         except StopIteration:
           raise TrainError(f"The training data of {train_dataset_cfg.mixture_or_task_name!r} "
                            f"ran out at step {step}; use num_epochs=None (repeat).") from None
-        state, stats = step_fn(state, batch, rng)
+        state, stats = step_fn(state, partitioner.shard_batch(mesh, batch), rng)
         step += 1
         data_state["batches"] += 1
         logger.record(stats)
@@ -131,8 +155,9 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
           first_loss = metrics["loss"] if first_loss is None else first_loss
           last_loss = metrics["loss"]
         if eval_fn is not None and eval_period and step % eval_period == 0:
-          eval_metrics = run_train_eval(eval_fn, state.params, train_eval_dataset_cfg, eval_steps,
-                                        shard_id, num_shards)
+          eval_metrics = run_train_eval(
+              eval_fn, state.params, train_eval_dataset_cfg, eval_steps, shard_id, num_shards,
+              shard=lambda b: partitioner.shard_batch(mesh, b))
           logger.write_eval(step, eval_metrics)
         if step % checkpoint_cfg.save_period == 0 or step == total_steps or preemption.requested:
           _flush(logger, step, require_finite_only=True)
@@ -157,17 +182,33 @@ def _flush(logger: RunLogger, step: int, require_finite_only: bool = False) -> d
   return summary
 
 
-def _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed, train_cfg):
-  """T5X's order: latest in MODEL_DIR, else INITIAL_CHECKPOINT_PATH, else scratch."""
+def _check_divisible(cfg: input_pipeline.DatasetConfig, data_parallel: int,
+                     num_microbatches: int) -> None:
+  if cfg.batch_size % data_parallel:
+    raise TrainError(
+        f"BATCH_SIZE={cfg.batch_size} ({cfg.split}) is not divisible by the data-parallel size "
+        f"{data_parallel} (devices / num_partitions); choose a multiple of {data_parallel}.")
+  if cfg.batch_size % (data_parallel * num_microbatches) and cfg.split == "train":
+    raise TrainError(
+        f"BATCH_SIZE={cfg.batch_size} does not split into NUM_MICROBATCHES={num_microbatches} "
+        f"per data-parallel shard ({data_parallel} shards).")
+
+
+def _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed, train_cfg, partitioner,
+                     mesh):
+  """T5X's order: latest in MODEL_DIR, else INITIAL_CHECKPOINT_PATH, else scratch.
+
+  Restores land directly in the partitioner's shardings, whatever mesh saved them.
+  """
   seed = _seed(random_seed)
-  init_params = params.init_params(model.config, jax.random.PRNGKey(seed))
-  state = trainer.TrainState.create(init_params, optimizer)
+  state, shardings = trainer.init_state(model, optimizer, partitioner, mesh,
+                                        jax.random.PRNGKey(seed))
   restored = ckpt.restore_latest(state.state_dict())
   if restored is not None:
     step, state_dict, data_state = restored
     print(f"Restored checkpoint_{step} from {ckpt.model_dir} (data position "
           f"{data_state['batches']} batches).", flush=True)
-    return trainer.TrainState.from_state_dict(state_dict), data_state
+    return trainer.TrainState.from_state_dict(state_dict), shardings, data_state
   data_state = {"batches": 0, "random_seed": seed,
                 "data_seed": int(train_cfg.seed) if train_cfg.seed is not None else seed}
   if checkpoint_cfg.restore_path:
@@ -175,17 +216,17 @@ def _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed, train_
                                              state.state_dict())
     state = trainer.TrainState.from_state_dict(state_dict)
     print(f"Initialized from {checkpoint_cfg.restore_path} at step {int(state.step)}.", flush=True)
-  return state, data_state
+  return state, shardings, data_state
 
 
 def run_train_eval(eval_fn, params_tree, cfg: input_pipeline.DatasetConfig, eval_steps: int,
-                   shard_id: int = 0, num_shards: int = 1) -> dict[str, float]:
+                   shard_id: int = 0, num_shards: int = 1, shard=None) -> dict[str, float]:
   """Teacher-forced loss and accuracy over ``eval_steps`` batches of the validation split."""
   ds = input_pipeline.get_dataset(cfg, cfg.seed, shard_id, num_shards, num_epochs=1)
   totals: dict[str, Any] = {}
   n = 0
   for batch in input_pipeline.iterate(ds.take(eval_steps) if eval_steps else ds):
-    stats = jax.device_get(eval_fn(params_tree, batch))
+    stats = jax.device_get(eval_fn(params_tree, shard(batch) if shard else batch))
     totals = {k: totals.get(k, 0.0) + np.asarray(v) for k, v in stats.items()}
     n += 1
   if not n:
@@ -213,6 +254,8 @@ def build_arg_parser(prog: str = "xmtf train") -> argparse.ArgumentParser:
   p.add_argument("--coordinator_address", default=None, help="host:port of process 0")
   p.add_argument("--process_count", type=int, default=None)
   p.add_argument("--process_index", type=int, default=None)
+  p.add_argument("--distributed_timeout_s", type=int, default=300,
+                 help="seconds to wait for the coordinator before failing")
   return p
 
 
@@ -231,8 +274,8 @@ def main(argv: list[str] | None = None, prog: str = "xmtf train") -> int:
   try:
     args = build_arg_parser(prog).parse_args(gin_config.rewrite_gin_args(argv))
     if args.multiprocess_gpu:
-      from xmtf_pipeline import distributed
-      distributed.initialize(args.coordinator_address, args.process_count, args.process_index)
+      distributed.initialize(args.coordinator_address, args.process_count, args.process_index,
+                             args.distributed_timeout_s)
     _configure_data_flags(args)
     search = [p for arg in args.gin_search_paths for p in arg.split(",") if p]
     gin_config.parse(args.gin_file, args.gin_bindings, search, finalize=False)
@@ -240,6 +283,7 @@ def main(argv: list[str] | None = None, prog: str = "xmtf train") -> int:
     run = gin_config.get_configurable(train)
     result = run()
   except (gin_config.GinConfigError, TrainError, input_pipeline.DatasetError,
+          distributed.DistributedError, partitioning.PartitioningError,
           checkpoints.CheckpointError, params.ParamMismatchError, ValueError) as e:
     print(f"{prog}: error: {e}", file=sys.stderr)
     return 2

@@ -11,9 +11,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xmtf_pipeline import params as params_lib
 from xmtf_pipeline.adafactor import Adafactor
 from xmtf_pipeline.models import EncoderDecoderModel
 
@@ -113,11 +115,35 @@ def eval_step(model: EncoderDecoderModel, params: PyTree, batch: Batch) -> dict[
   return stats
 
 
-def jit_train_step(model, optimizer, learning_rate_fn, num_microbatches=1):
-  """The jitted step; the state's buffers are donated (updated in place)."""
+def init_state(model: EncoderDecoderModel, optimizer: Adafactor, partitioner, mesh,
+               rng: jax.Array) -> tuple[TrainState, dict[str, Any]]:
+  """The initial train state, created directly in its sharded layout, and its shardings."""
+  boxed = params_lib.abstract_variables(model.config)["params"]
+  abstract_opt = jax.eval_shape(optimizer.init, nn.unbox(boxed))
+  shardings = partitioner.state_shardings(mesh, boxed, abstract_opt)
+
+  def create(r):
+    return TrainState.create(params_lib.init_params(model.config, r), optimizer).state_dict()
+
+  with mesh, nn.logical_axis_rules(partitioner.rules):
+    state_dict = jax.jit(create, out_shardings=shardings)(rng)
+  return TrainState.from_state_dict(state_dict), shardings
+
+
+def jit_train_step(model, optimizer, learning_rate_fn, num_microbatches=1, partitioner=None,
+                   mesh=None, state_shardings=None):
+  """The jitted step; the state's buffers are donated (updated in place).
+
+  With a partitioner, the state and batches follow its shardings (GSPMD).
+  """
   fn = functools.partial(train_step, model, optimizer, learning_rate_fn, num_microbatches)
-  return jax.jit(fn, donate_argnums=(0,))
+  if partitioner is None:
+    return jax.jit(fn, donate_argnums=(0,))
+  return partitioner.jit_train_step(mesh, fn, state_shardings)
 
 
-def jit_eval_step(model):
-  return jax.jit(functools.partial(eval_step, model))
+def jit_eval_step(model, partitioner=None, mesh=None, param_shardings=None):
+  fn = functools.partial(eval_step, model)
+  if partitioner is None:
+    return jax.jit(fn)
+  return partitioner.jit_eval_step(mesh, fn, param_shardings)

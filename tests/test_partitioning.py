@@ -1,0 +1,147 @@
+"""GSPMD partitioning on 8 fake CPU devices, multi-process runs, and bad input."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xmtf_pipeline import distributed, input_pipeline
+from xmtf_pipeline import train as train_lib
+from xmtf_pipeline.partitioning import Partitioner, PartitioningError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _env(devices=None):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+  if devices:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  else:
+    env.pop("XLA_FLAGS", None)
+  return env
+
+
+def test_meshes_match_one_device_and_rules():
+  out = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "sharding_check.py")],
+                       env=_env(8), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.loads(out.stdout.split("JSON:", 1)[1])
+  assert set(report["runs"]) == {"data4_model2", "data2_model4", "fully_sharded_data4_model2",
+                                 "submesh_1_1_2_1"}
+  for name, r in report["runs"].items():
+    assert r["param_rel"] <= 1e-5 and r["loss_rel"] <= 1e-5, (name, r)
+    assert r["mismatched_specs"] == [], (name, r["mismatched_specs"])
+    assert r["v_row_replicated"], name
+  assert report["runs"]["data2_model4"]["mesh"] == {"data": 2, "model": 4}
+  assert report["runs"]["fully_sharded_data4_model2"]["embedding_spec"] == "P('model', 'data')"
+
+
+def test_mesh_that_does_not_divide_devices():
+  with pytest.raises(PartitioningError, match="Model-parallel size 3 does not divide the 1 dev"):
+    Partitioner(num_partitions=3).mesh()
+
+
+def test_rule_naming_unknown_axis():
+  with pytest.raises(PartitioningError, match="unknown mesh axis"):
+    Partitioner(logical_axis_rules=[("batch", "dta")]).rules
+
+
+def test_num_partitions_and_submesh_are_exclusive():
+  with pytest.raises(PartitioningError, match="not both"):
+    Partitioner(num_partitions=2, model_parallel_submesh=(1, 1, 2, 1))
+
+
+def test_batch_not_divisible_by_data_parallel_size():
+  cfg = input_pipeline.DatasetConfig("synthetic_copy", {"inputs": 8, "targets": 8}, "train", 12,
+                                     True)
+  with pytest.raises(train_lib.TrainError, match="BATCH_SIZE=12 .* data-parallel size 8"):
+    train_lib._check_divisible(cfg, 8, 1)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_unreachable_coordinator_fails_fast_naming_the_address():
+  port = _free_port()
+  code = ("from xmtf_pipeline import distributed\n"
+          f"distributed.initialize('localhost:{port}', 2, 1, timeout_s=5)\n")
+  t0 = time.time()
+  out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode != 0
+  assert f"localhost:{port}" in out.stderr and "process 0 is running" in out.stderr
+  assert time.time() - t0 < 60
+
+
+def test_process_flags_are_checked():
+  with pytest.raises(distributed.DistributedError, match="needs --process_count"):
+    distributed.initialize("localhost:1234", None, None)
+
+
+def _train_cmd(model_dir, steps, extra=()):
+  flags = {
+      "MODEL_DIR": f'"{model_dir}"', "MIXTURE_OR_TASK_NAME": '"synthetic_copy"',
+      "MIXTURE_OR_TASK_MODULE": '"tasks.synthetic"',
+      "TASK_FEATURE_LENGTHS": "{'inputs': 16, 'targets': 8}", "TRAIN_STEPS": str(steps),
+      "INITIAL_CHECKPOINT_PATH": "None", "BATCH_SIZE": "16", "DROPOUT_RATE": "0.0",
+      "RANDOM_SEED": "3", "LOG_PERIOD": "4", "SAVE_PERIOD": "4", "EVAL_PERIOD": "0", "PACK": "False",
+      "train/input_pipeline.DatasetConfig.shuffle": "False",
+  }
+  return [sys.executable, "-m", "xmtf_pipeline.train", "--gin_file=models/mt5_tiny.gin",
+          "--gin_file=runs/finetune.gin", *[f"--gin.{k}={v}" for k, v in flags.items()], *extra]
+
+
+def _run_processes(model_dir, steps, n):
+  if n == 1:
+    out = subprocess.run(_train_cmd(model_dir, steps), cwd=REPO, env=_env(), capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _train_cmd(model_dir, steps, ["--multiprocess_gpu", f"--coordinator_address=localhost:{port}",
+                                    f"--process_count={n}", f"--process_index={i}"]),
+      cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(n)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, o in zip(procs, outs):
+    assert p.returncode == 0, o[-3000:]
+
+
+def _params(model_dir, step):
+  import jax
+
+  from xmtf_pipeline import checkpoints, gin_config, params
+  from xmtf_pipeline.adafactor import Adafactor
+  from xmtf_pipeline.trainer import TrainState
+  cfg = gin_config.load_model_config("mt5_tiny")
+  target = TrainState.create(params.init_params(cfg, jax.random.PRNGKey(0)), Adafactor())
+  ckpt = checkpoints.Checkpointer(str(model_dir))
+  got = ckpt.restore_latest(target.state_dict())
+  ckpt.close()
+  assert got[0] == step
+  return params.flatten(got[1]["target"])
+
+
+def test_two_processes_equal_one_and_checkpoints_cross_restore(tmp_path):
+  _run_processes(tmp_path / "one", 8, 1)
+  _run_processes(tmp_path / "two", 8, 2)
+  one, two = _params(tmp_path / "one", 8), _params(tmp_path / "two", 8)
+  for p in one:
+    rel = np.linalg.norm(two[p] - one[p]) / max(np.linalg.norm(one[p]), 1e-30)
+    assert rel <= 1e-5, (p, rel)
+  # A 2-process checkpoint continues in 1 process, and a 1-process one in 2.
+  _run_processes(tmp_path / "two", 12, 1)
+  _run_processes(tmp_path / "one", 12, 2)
+  a, b = _params(tmp_path / "two", 12), _params(tmp_path / "one", 12)
+  for p in a:
+    assert np.linalg.norm(a[p] - b[p]) <= 1e-4 * max(np.linalg.norm(b[p]), 1e-30), p

@@ -1,0 +1,423 @@
+"""``xmtf export-hf``: a checkpoint -> a Hugging Face MT5 directory, streaming.
+
+Most users end in the HF ecosystem (the released mT0 weights are HF
+checkpoints), so an export must load with plain ``transformers`` and give our
+logits. The output mirrors bigscience/mt0-*: ``config.json`` (MT5, gated-GELU,
+``tie_word_embeddings: false``), ``model.safetensors`` (sharded with an index
+above ``--max_shard_size``), ``generation_config.json``, ``spiece.model`` +
+``tokenizer_config.json`` + ``special_tokens_map.json`` from the run's
+SentencePiece model, and a ``README.md`` model card.
+
+The head is written explicitly as ``lm_head.weight``: transformers 5.x ties
+MT5's head when a model is built from a config, so ``save_pretrained`` of such
+a model would silently drop it (reference doc §2.2). Weights are streamed: one
+parameter is read from the checkpoint, transposed and cast block by block, and
+appended to the safetensors file before the next is read, so host memory holds
+one parameter at a time, never the model.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from xmtf_pipeline import hf_mapping, safetensors_io
+from xmtf_pipeline import params as params_lib
+from xmtf_pipeline.hf_import import finish_output_dir, prepare_output_dir
+from xmtf_pipeline.network import T5Config
+from xmtf_pipeline.t5x_import import CheckpointReader, open_checkpoint
+
+DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_T5CONFIG_KEY = re.compile(r"(?:(?P<scope>[\w/]+)/)?network\.T5Config\.(?P<field>\w+)")
+# Run settings shown in the model card, in this order, when the run config has them.
+_CARD_SETTINGS = (
+    ("MIXTURE_OR_TASK_NAME", "training mixture / task"),
+    ("TASK_FEATURE_LENGTHS", "feature lengths"), ("BATCH_SIZE", "batch size (sequences)"),
+    ("TRAIN_STEPS", "TRAIN_STEPS (absolute)"), ("INITIAL_CHECKPOINT_PATH", "initial checkpoint"),
+    ("LOSS_NORMALIZING_FACTOR", "loss normalizing factor"), ("Z_LOSS", "z-loss"),
+    ("LABEL_SMOOTHING", "label smoothing"), ("DROPOUT_RATE", "dropout"), ("PACK", "packing"),
+    ("NUM_MICROBATCHES", "microbatches"), ("RANDOM_SEED", "random seed"),
+    ("schedules.create_learning_rate_scheduler.factors", "learning-rate schedule"),
+    ("schedules.create_learning_rate_scheduler.base_learning_rate", "base learning rate"),
+    ("adafactor.Adafactor.decay_rate", "Adafactor decay rate"),
+    ("adafactor.Adafactor.step_offset", "Adafactor step offset"),
+)
+_DATASETS = {"xp3": "bigscience/xP3", "xp3mt": "bigscience/xP3mt", "p3": "bigscience/P3"}
+
+
+class HFExportError(ValueError):
+  """The checkpoint or its run cannot be exported as asked; the message says why."""
+
+
+def parse_size(text: str | int) -> int:
+  """'5GB' (decimal, like transformers), '500MiB' or a byte count -> bytes."""
+  if isinstance(text, int):
+    return text
+  m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(text).upper())
+  if not m:
+    raise HFExportError(f"--max_shard_size {text!r}: use e.g. 5GB, 500MB or a byte count.")
+  return int(float(m[1]) * _UNITS[m[2]])
+
+
+# --------------------------------------------------------------------------- run config
+
+
+def parse_operative_config(text: str) -> dict[str, Any]:
+  """``MODEL_DIR/config.gin`` (gin's operative config) -> {binding: value}, macros resolved.
+
+  A small reader instead of gin itself: gin would need every configurable
+  module (the trainer, TensorFlow under seqio) imported just to read numbers.
+  """
+  raw: dict[str, str] = {}
+  for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+    line = line.strip()
+    if not line or line.startswith("#") or line.startswith(("from ", "import ")) or "=" not in line:
+      continue
+    key, value = (s.strip() for s in line.split("=", 1))
+    raw[key] = value
+
+  def value_of(text: str, depth: int = 0) -> Any:
+    if text.startswith("%") and depth < 20:
+      name = text[1:]
+      return value_of(raw[name], depth + 1) if name in raw else text
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text
+
+  return {k: value_of(v) for k, v in raw.items()}
+
+
+def model_config_from_run(run: Mapping[str, Any]) -> T5Config | None:
+  """The T5Config the run trained (``MODEL_CONFIG/network.T5Config.*`` bindings)."""
+  scoped: dict[str, dict[str, Any]] = {}
+  for key, value in run.items():
+    m = _T5CONFIG_KEY.fullmatch(key)
+    if m:
+      scoped.setdefault(m["scope"] or "", {})[m["field"]] = value
+  fields = scoped.get("MODEL_CONFIG") or next(iter(scoped.values()), None)
+  if not fields:
+    return None
+  known = set(T5Config.__dataclass_fields__)
+  try:
+    return T5Config(**{k: v for k, v in fields.items() if k in known})
+  except (TypeError, ValueError) as e:
+    raise HFExportError(f"The run's config.gin has an unusable network.T5Config: {e}") from e
+
+
+def infer_config(shapes: Mapping[str, tuple[int, ...]]) -> T5Config:
+  """An architecture from parameter shapes alone (relpos distance and eps: mT5's)."""
+  try:
+    vocab, emb = shapes["token_embedder/embedding"]
+    heads, buckets = shapes["encoder/relpos_bias/rel_embedding"]
+    joined = shapes["encoder/layers_0/attention/query/kernel"][1]
+    mlp = shapes["encoder/layers_0/mlp/wi_0/kernel"][1]
+  except (KeyError, ValueError) as e:
+    raise HFExportError(f"Cannot infer the architecture from the checkpoint (no {e}); pass "
+                        "--model with the run's model gin.") from None
+
+  def layers(stack: str) -> int:
+    return len({m[1] for p in shapes if (m := re.match(rf"{stack}/layers_(\d+)/", p))})
+
+  return T5Config(vocab_size=vocab, emb_dim=emb, num_heads=heads, head_dim=joined // heads,
+                  mlp_dim=mlp, num_encoder_layers=layers("encoder"),
+                  num_decoder_layers=layers("decoder"), relpos_num_buckets=buckets,
+                  dtype="float32")
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def resolve_spm(spm_model: str | None, run: Mapping[str, Any], model_dir: str
+                ) -> tuple[str, int | None, str]:
+  """(SentencePiece model path, extra ids if known, where it came from)."""
+  if spm_model:
+    return spm_model, None, "--spm_model"
+  for key, value in run.items():
+    if key.endswith("mt5_vocabulary_config.path") and isinstance(value, str):
+      extra = next((v for k, v in run.items() if k.endswith("mt5_vocabulary_config.extra_ids")),
+                   None)
+      return value, extra, f"{key} in config.gin"
+  local = os.path.join(model_dir, "spiece.model")
+  if os.path.isfile(local):
+    return local, None, f"{local}"
+  task = run.get("MIXTURE_OR_TASK_NAME")
+  if isinstance(task, str):
+    try:
+      path, extra = _task_vocabulary(task, run.get("MIXTURE_OR_TASK_MODULE"))
+      return path, extra, f"the vocabulary of task {task!r}"
+    except Exception as e:  # an unregistered task, missing files, ...
+      raise HFExportError(f"Cannot find the run's SentencePiece model via task {task!r} "
+                          f"({type(e).__name__}: {e}); pass --spm_model PATH.") from e
+  raise HFExportError("Cannot find the run's SentencePiece model (no config.gin naming a task "
+                      "or vocabulary, no spiece.model in MODEL_DIR); pass --spm_model PATH.")
+
+
+def _task_vocabulary(task: str, module: str | None) -> tuple[str, int]:
+  """The targets vocabulary of a registered SeqIO task (imports TensorFlow: last resort)."""
+  import importlib
+
+  import seqio
+
+  importlib.import_module(module or "tasks")
+  vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
+  from tasks import vocab as vocab_lib
+  if isinstance(vocab, vocab_lib.LazySentencePieceVocabulary):
+    return vocab_lib.mt5_vocabulary_config()  # resolved without reading the file
+  return vocab.sentencepiece_model_file, vocab.extra_ids
+
+
+def write_tokenizer(out: str, spm_path: str, extra_ids: int | None, vocab_size: int) -> list[str]:
+  """spiece.model, tokenizer_config.json, special_tokens_map.json; returns warnings."""
+  import sentencepiece as spm
+  from sentencepiece import sentencepiece_model_pb2
+
+  if spm_path.startswith("gs://") or not os.path.isfile(spm_path):
+    raise HFExportError(f"SentencePiece model {spm_path} is not a local file; copy it locally "
+                        "and pass --spm_model PATH.")
+  with open(spm_path, "rb") as f:
+    blob = f.read()
+  try:
+    sp = spm.SentencePieceProcessor(model_proto=blob)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(blob)
+  except Exception as e:
+    raise HFExportError(f"{spm_path} is not a SentencePiece model ({e}).") from e
+  ids = {"pad": sp.pad_id(), "eos": sp.eos_id(), "unk": sp.unk_id()}
+  if ids != {"pad": 0, "eos": 1, "unk": 2}:
+    raise HFExportError(f"{spm_path} has ids {ids}; mT5 models need pad 0, eos 1, unk 2.")
+  pieces = sp.get_piece_size()
+  if extra_ids is None:
+    has_sentinels = sp.piece_to_id("<extra_id_0>") != sp.unk_id()
+    extra_ids = 0 if has_sentinels or pieces + 100 > vocab_size else 100
+  if pieces + extra_ids > vocab_size:
+    raise HFExportError(f"{spm_path} has {pieces} pieces + {extra_ids} extra ids, more than the "
+                        f"model's {vocab_size} embeddings: not this model's vocabulary.")
+  shutil.copyfile(spm_path, os.path.join(out, "spiece.model"))
+  tokens = {"eos_token": sp.id_to_piece(1), "pad_token": sp.id_to_piece(0),
+            "unk_token": sp.id_to_piece(2)}
+  with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+    json.dump({"tokenizer_class": "T5Tokenizer", **tokens, "extra_ids": extra_ids,
+               "additional_special_tokens": None, "sp_model_kwargs": {},
+               "model_max_length": 1024}, f, indent=2)
+  with open(os.path.join(out, "special_tokens_map.json"), "w") as f:
+    json.dump(tokens, f, indent=2)
+  warnings = []
+  if proto.trainer_spec.byte_fallback:
+    warnings.append(
+        "The SentencePiece model uses byte_fallback, which transformers' T5Tokenizer ignores: "
+        "characters outside the vocabulary become <unk> in HF instead of byte pieces.")
+  return warnings
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _hf_order(key: str) -> tuple:
+  rank = 0 if key == "shared.weight" else 2 if key == "lm_head.weight" else 1
+  return (rank, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)])
+
+
+def write_weights(reader: CheckpointReader, out: str, dtype: np.dtype, max_shard_size: int
+                  ) -> list[str]:
+  """model.safetensors (or shards + index), streamed; returns the files written."""
+  plans = []
+  for path, shape in reader.shapes("target").items():
+    key, transpose = hf_mapping.to_hf_name(path)
+    name = f"target/{path}"
+
+    def produce(name=name, transpose=transpose):
+      return safetensors_io.iter_row_blocks(reader.read(name), dtype, transpose)
+
+    plans.append(safetensors_io.TensorPlan(key, dtype, shape[::-1] if transpose else shape,
+                                           produce))
+  plans.sort(key=lambda p: _hf_order(p.name))
+  shards: list[list[safetensors_io.TensorPlan]] = [[]]
+  size = 0
+  for p in plans:
+    if shards[-1] and size + p.nbytes > max_shard_size:
+      shards.append([])
+      size = 0
+    shards[-1].append(p)
+    size += p.nbytes
+  meta = {"format": "pt"}
+  if len(shards) == 1:
+    safetensors_io.write(os.path.join(out, "model.safetensors"), shards[0], meta)
+    return ["model.safetensors"]
+  names = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+  for name, shard in zip(names, shards):
+    safetensors_io.write(os.path.join(out, name), shard, meta)
+  index = {"metadata": {"total_size": sum(p.nbytes for p in plans)},
+           "weight_map": {p.name: name for name, shard in zip(names, shards) for p in shard}}
+  with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+    json.dump(index, f, indent=2)
+  return [*names, "model.safetensors.index.json"]
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def find_eval_results(model_dir: str, explicit: str | None) -> tuple[str | None, Any]:
+  """(markdown results table, model-index list) from ``--eval_results`` or MODEL_DIR.
+
+  A results directory (``--eval_results DIR``, else ``MODEL_DIR/eval_results``,
+  ``MODEL_DIR/eval`` or MODEL_DIR itself) may hold ``results.md`` (a markdown
+  table, copied verbatim) and ``model_index.yaml`` / ``model-index.yaml`` (the
+  card's ``model-index`` block). ``--eval_results`` may also name either file.
+  """
+  import yaml
+
+  if explicit and not os.path.exists(explicit):
+    raise HFExportError(f"--eval_results {explicit} does not exist.")
+  if explicit and os.path.isfile(explicit):
+    candidates = [explicit]
+  else:
+    dirs = [explicit] if explicit else [os.path.join(model_dir, "eval_results"),
+                                        os.path.join(model_dir, "eval"), model_dir]
+    candidates = [os.path.join(d, n) for d in dirs
+                  for n in ("results.md", "model_index.yaml", "model-index.yaml")]
+  table = index = None
+  for path in candidates:
+    if not os.path.isfile(path):
+      continue
+    with open(path) as f:
+      text = f.read()
+    if path.endswith(".md") and table is None:
+      table = text.strip()
+    elif path.endswith((".yaml", ".yml")) and index is None:
+      try:
+        data = yaml.safe_load(text)
+      except yaml.YAMLError as e:
+        raise HFExportError(f"{path} is not valid YAML ({e}).") from e
+      index = data.get("model-index") if isinstance(data, dict) else data
+      if not isinstance(index, list):
+        raise HFExportError(f"{path} must hold a `model-index:` list (the HF model card form).")
+  return table, index
+
+
+def model_card(config: T5Config, run: Mapping[str, Any], checkpoint: str, step: int | None,
+               dtype: str, n_params: int, eval_table: str | None, model_index: Any,
+               notes: list[str]) -> str:
+  import yaml
+
+  front: dict[str, Any] = {"license": "apache-2.0", "library_name": "transformers",
+                           "pipeline_tag": "text2text-generation", "tags": ["mt5", "xmtf"]}
+  task = str(run.get("MIXTURE_OR_TASK_NAME", ""))
+  dataset = _DATASETS.get(task.split("_")[0].lower())
+  if dataset:
+    front["datasets"] = [dataset]
+  if model_index:
+    front["model-index"] = model_index
+  lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
+           f"# {os.path.basename(os.path.dirname(checkpoint)) or 'xmtf'} "
+           f"({os.path.basename(checkpoint)})", "",
+           "An mT5-architecture encoder-decoder (`MT5ForConditionalGeneration`) trained with "
+           "[xmtf-pipeline](https://github.com/bigscience-workshop/xmtf), the T5X-style "
+           "reproduction of BigScience's mT0 (mT5 finetuned on xP3), exported with "
+           "`xmtf export-hf`.", "",
+           "## Model", "",
+           "| setting | value |", "|---|---|",
+           f"| parameters | {n_params:,} |",
+           f"| d_model / d_ff / heads x d_kv | {config.emb_dim} / {config.mlp_dim} / "
+           f"{config.num_heads} x {config.head_dim} |",
+           f"| encoder / decoder layers | {config.num_encoder_layers} / "
+           f"{config.num_decoder_layers} |",
+           f"| vocabulary | {config.vocab_size:,} |",
+           f"| weights dtype | {dtype} |",
+           "| LM head | untied (`lm_head.weight` stored explicitly) |",
+           f"| source checkpoint | `{checkpoint}` (step {step if step is not None else '?'}) |",
+           ""]
+  settings = [(label, run[key]) for key, label in _CARD_SETTINGS if key in run]
+  if settings:
+    lines += ["## Training configuration", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {label} | `{value!r}` |" for label, value in settings]
+    lines.append("")
+  if eval_table:
+    lines += ["## Evaluation results", "", eval_table, ""]
+  lines += ["## Usage", "", "```python",
+            "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer", "",
+            'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+            'model = AutoModelForSeq2SeqLM.from_pretrained("PATH")',
+            'inputs = tokenizer("Translate to English: Je t\'aime.", return_tensors="pt")',
+            "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0], "
+            "skip_special_tokens=True))", "```", ""]
+  if notes:
+    lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+  return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwrite: bool = False,
+           spm_model: str | None = None, extra_ids: int | None = None,
+           model_config: T5Config | None = None,
+           max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+           eval_results: str | None = None) -> str:
+  """Writes the HF directory ``output_dir``; returns its path.
+
+  The architecture comes from ``model_config``, else the run's
+  ``MODEL_DIR/config.gin``, else the parameter shapes; it is checked against
+  the checkpoint before anything is written.
+  """
+  if dtype not in DTYPES:
+    raise HFExportError(f"--dtype {dtype!r}: choose float32 or bfloat16.")
+  reader = open_checkpoint(checkpoint_dir)
+  ckpt = reader.path
+  model_dir = os.path.dirname(ckpt)
+  run: dict[str, Any] = {}
+  if os.path.isfile(os.path.join(model_dir, "config.gin")):
+    with open(os.path.join(model_dir, "config.gin")) as f:
+      run = parse_operative_config(f.read())
+  shapes = reader.shapes("target")
+  config = model_config or model_config_from_run(run) or infer_config(shapes)
+  params_lib.check_params({p: _Shaped(s) for p, s in shapes.items()}, config,
+                          source=f"checkpoint {ckpt}")
+  spm_path, hinted_extra, spm_source = resolve_spm(spm_model, run, model_dir)
+  max_bytes = parse_size(max_shard_size)
+  eval_table, model_index = find_eval_results(model_dir, eval_results)
+
+  tmp = prepare_output_dir(output_dir, overwrite, protect=ckpt)
+  try:
+    notes = write_tokenizer(tmp, spm_path, extra_ids if extra_ids is not None else hinted_extra,
+                            config.vocab_size)
+    files = write_weights(reader, tmp, DTYPES[dtype], max_bytes)
+    dropout = run.get("DROPOUT_RATE", 0.1)
+    hf_config = dict(hf_mapping.hf_config_dict(config, dropout_rate=float(dropout)),
+                     torch_dtype=dtype, dtype=dtype)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(hf_config, f, indent=2)
+    with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+      json.dump({"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}, f, indent=2)
+    notes = [f"Tokenizer: SentencePiece model from {spm_source}.", *notes]
+    if dtype == "bfloat16":
+      notes.append("Weights were rounded to bfloat16; T5X trains and checkpoints in float32.")
+    with open(os.path.join(tmp, "README.md"), "w") as f:
+      f.write(model_card(config, run, ckpt, reader.step, dtype,
+                         sum(int(np.prod(s)) for s in shapes.values()), eval_table,
+                         model_index, notes))
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  finish_output_dir(tmp, output_dir)
+  for note in notes[1:]:
+    print(f"note: {note}")
+  print(f"Exported {ckpt} (step {reader.step}) to {os.path.abspath(output_dir)}: "
+        f"{', '.join(files)} ({dtype}), tokenizer from {spm_source}.")
+  return os.path.abspath(output_dir)
+
+
+class _Shaped:
+  def __init__(self, shape):
+    self.shape = tuple(shape)
