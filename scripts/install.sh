@@ -13,11 +13,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 SPEC="."
 [ -n "$EXTRAS" ] && SPEC=".[$EXTRAS]"
-STAMP=".venv/.xmtf-install-$(cat setup.cfg pyproject.toml constraints.txt | sha256sum | cut -c1-16)-${EXTRAS:-base}"
+STAMP=".venv/.xmtf-install-$(cat setup.cfg pyproject.toml constraints.txt | sha256sum | cut -c1-16)-${EXTRAS:-base}${XMTF_JAX_EXTRA:+-$XMTF_JAX_EXTRA}"
 if [ -f "$STAMP" ]; then
   echo "[install] .venv is up to date ($SPEC)"
   exit 0
 fi
 echo "[install] installing $SPEC with constraints.txt (first time: a few minutes)"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e "$SPEC"
+# Accelerators: XMTF_JAX_EXTRA=tpu (TPU VMs) or cuda12 (NVIDIA GPUs) adds JAX's backend plugin.
+if [ -n "${XMTF_JAX_EXTRA:-}" ]; then
+  .venv/bin/python -m pip install --quiet "jax[${XMTF_JAX_EXTRA}]==0.10.2"
+fi
 touch "$STAMP"

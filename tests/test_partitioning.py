@@ -37,7 +37,10 @@ def test_meshes_match_one_device_and_rules():
   for name, r in report["runs"].items():
     assert r["param_rel"] <= 1e-5 and r["loss_rel"] <= 1e-5, (name, r)
     assert r["mismatched_specs"] == [], (name, r["mismatched_specs"])
-    assert r["v_row_replicated"], name
+    assert r["v_row_replicated"] and r["mesh_ok"], name
+    # The planner's per-device bytes are the real shard sizes on device 0.
+    assert r["planned_param_bytes"] == r["actual_param_bytes"], (name, r)
+    assert r["planned_opt_bytes"] == r["actual_opt_bytes"], (name, r)
   assert report["runs"]["data2_model4"]["mesh"] == {"data": 2, "model": 4}
   assert report["runs"]["fully_sharded_data4_model2"]["embedding_spec"] == "P('model', 'data')"
 
@@ -145,3 +148,41 @@ def test_two_processes_equal_one_and_checkpoints_cross_restore(tmp_path):
   a, b = _params(tmp_path / "two", 12), _params(tmp_path / "one", 12)
   for p in a:
     assert np.linalg.norm(a[p] - b[p]) <= 1e-4 * max(np.linalg.norm(b[p]), 1e-30), p
+
+
+def test_plan_matches_real_sizes_on_one_device():
+  import jax
+
+  from xmtf_pipeline import gin_config, params, planner
+  from xmtf_pipeline.adafactor import Adafactor
+  config = gin_config.load_model_config("mt5_tiny")
+  tree = params.init_params(config, jax.random.PRNGKey(0))
+  opt_state = Adafactor().init(tree)
+  plan = planner.plan_config(config, Partitioner(), 1, 8, {"inputs": 64, "targets": 16})
+  assert plan.param_bytes == sum(x.nbytes for x in jax.tree_util.tree_leaves(tree))
+  assert plan.optimizer_bytes == sum(x.nbytes for x in jax.tree_util.tree_leaves(opt_state))
+
+
+def test_plan_cli_on_the_mt0_large_recipe(capsys):
+  from xmtf_pipeline import planner
+  assert planner.main(["--gin_file=mt0/mt0_large_xp3.gin", "--slice", "v4-64"]) == 0
+  out = capsys.readouterr().out
+  assert "mesh {'data': 32, 'model': 1} on 32 devices; 16 examples per device" in out
+  assert "parameters (f32)" in out and "4.58 GiB" in out
+
+
+@pytest.mark.parametrize("script,args,expected", [
+    ("launch_tpu_pod.sh", ["my-v4-64", "us-central2-b", "--", "--gin_file=mt0/mt0_large_xp3.gin"],
+     ["gcloud compute tpus tpu-vm ssh my-v4-64", "--worker=all", "install.sh", "xmtf\\ train"]),
+    ("launch_slurm.sh", ["--", "--gin_file=mt0/mt0_xl_xp3.gin"],
+     ["srun", "--multiprocess_gpu", "--coordinator_address=", "--process_index=\\$SLURM_PROCID"]),
+    ("finetune.sh", ["mt5_tiny", "/tmp/x", "xp3_sample", "10"], ["xmtf train", "runs/finetune.gin"]),
+])
+def test_launchers_dry_run(script, args, expected):
+  env = dict(os.environ, DRY_RUN="1")
+  cmd = ["bash", str(REPO / "scripts" / script)]
+  cmd += ["--dry_run"] if script != "finetune.sh" else []
+  out = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=30)
+  assert out.returncode == 0, out.stderr
+  for piece in expected:
+    assert piece in out.stdout, (piece, out.stdout)

@@ -1,8 +1,9 @@
-"""Autoregressive decoding with the incremental key/value cache.
+"""Autoregressive decoding with the incremental key/value cache: greedy, beam, sampling.
 
 The encoder runs once; each step feeds one token to the decoder, whose
 self-attention reads keys and values cached at earlier positions (T5X's
-``decode=True`` path).
+``decode=True`` path). Beam search reorders the cache rows to follow their beams.
+Decoder start id is 0 and outputs are padded with 0 after EOS, as seqio expects.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from xmtf_pipeline.network import Transformer
 
 EOS_ID = 1
+NEG_INF = -1.0e10  # finite "minus infinity": sums and comparisons stay NaN-free
 
 
 def init_cache(module: Transformer, params: Any, encoded: jax.Array, encoder_input_tokens: jax.Array,
@@ -38,8 +40,11 @@ def decode_step(module: Transformer, params: Any, cache: Any, encoded: jax.Array
 
 
 def greedy_decode(module: Transformer, params: Any, encoder_input_tokens: jax.Array,
-                  max_length: int, eos_id: int = EOS_ID) -> jax.Array:
-  """Greedy outputs (batch, max_length), padded with 0 after EOS."""
+                  max_length: int, eos_id: int = EOS_ID, forbid_pad: bool = False) -> jax.Array:
+  """Greedy outputs (batch, max_length), padded with 0 after EOS.
+
+  ``forbid_pad`` never emits id 0 (padding); off by default, as in T5X and HF.
+  """
   encoded = module.apply({"params": params}, encoder_input_tokens, method=Transformer.encode)
   cache = init_cache(module, params, encoded, encoder_input_tokens, max_length)
   batch = encoder_input_tokens.shape[0]
@@ -47,6 +52,8 @@ def greedy_decode(module: Transformer, params: Any, encoder_input_tokens: jax.Ar
   def body(i, carry):
     cache, tokens, prev, done = carry
     logits, cache = decode_step(module, params, cache, encoded, encoder_input_tokens, prev, i)
+    if forbid_pad:
+      logits = logits.at[:, 0].set(NEG_INF)
     nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     nxt = jnp.where(done, 0, nxt)
     tokens = tokens.at[:, i].set(nxt)
@@ -57,3 +64,145 @@ def greedy_decode(module: Transformer, params: Any, encoder_input_tokens: jax.Ar
   done = jnp.zeros((batch,), bool)
   _, tokens, _, _ = jax.lax.fori_loop(0, max_length, body, (cache, tokens, start, done))
   return tokens
+
+
+def _encode(module: Transformer, params: Any, encoder_input_tokens: jax.Array) -> jax.Array:
+  return module.apply({"params": params}, encoder_input_tokens, method=Transformer.encode)
+
+
+def _log_probs(logits: jax.Array, forbid_pad: bool) -> jax.Array:
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  if forbid_pad:  # id 0 is padding: generating it would end the text silently in seqio's decode
+    logp = logp.at[..., 0].set(NEG_INF)
+  return logp
+
+
+def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> jax.Array:
+  """Logits rescaled by ``temperature`` with everything outside top-k / nucleus top-p masked.
+
+  top-k keeps the k largest (ties at the k-th value are kept too); top-p keeps the
+  smallest prefix of the sorted distribution whose mass reaches ``top_p`` (the most
+  likely token is always kept). ``top_k=0`` and ``top_p=1.0`` disable each filter.
+  """
+  if temperature <= 0:
+    raise ValueError(f"temperature must be > 0 for sampling (use greedy for 0), got {temperature}.")
+  if top_k < 0 or not 0.0 < top_p <= 1.0:
+    raise ValueError(f"Need top_k >= 0 and 0 < top_p <= 1, got top_k={top_k}, top_p={top_p}.")
+  logits = logits.astype(jnp.float32) / temperature
+  if top_k:
+    kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+    logits = jnp.where(logits < kth, NEG_INF, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # The smallest kept logit: the last sorted position whose preceding mass is < top_p.
+    keep = mass_before < top_p
+    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, NEG_INF, logits)
+  return logits
+
+
+def sample_decode(module: Transformer, params: Any, encoder_input_tokens: jax.Array,
+                  max_length: int, rng: jax.Array, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0, eos_id: int = EOS_ID,
+                  forbid_pad: bool = False) -> tuple[jax.Array, jax.Array]:
+  """Ancestral sampling with the cache: (tokens (batch, max_length), sum log-prob (batch,)).
+
+  The returned log-probability is the model's (temperature 1, unfiltered) of the
+  sampled tokens up to and including EOS, so samples can be ranked or rescored.
+  """
+  encoded = _encode(module, params, encoder_input_tokens)
+  cache = init_cache(module, params, encoded, encoder_input_tokens, max_length)
+  batch = encoder_input_tokens.shape[0]
+
+  def body(i, carry):
+    cache, tokens, prev, done, total, rng = carry
+    rng, step_rng = jax.random.split(rng)
+    logits, cache = decode_step(module, params, cache, encoded, encoder_input_tokens, prev, i)
+    logp = _log_probs(logits, forbid_pad)
+    filtered = filter_logits(logp, temperature, top_k, top_p)
+    nxt = jax.random.categorical(step_rng, filtered, axis=-1).astype(jnp.int32)
+    total = total + jnp.where(done, 0.0, jnp.take_along_axis(logp, nxt[:, None], -1)[:, 0])
+    nxt = jnp.where(done, 0, nxt)
+    tokens = tokens.at[:, i].set(nxt)
+    return cache, tokens, nxt, done | (nxt == eos_id), total, rng
+
+  carry = (cache, jnp.zeros((batch, max_length), jnp.int32), jnp.zeros((batch,), jnp.int32),
+           jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32), rng)
+  _, tokens, _, _, total, _ = jax.lax.fori_loop(0, max_length, body, carry)
+  return tokens, total
+
+
+def brevity_penalty(length: jax.Array | int, alpha: float) -> jax.Array:
+  """T5X's length penalty ((5 + length) / 6) ** alpha; alpha 0 ranks by plain sum log-prob."""
+  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+def beam_search(module: Transformer, params: Any, encoder_input_tokens: jax.Array,
+                max_length: int, beam_size: int = 4, alpha: float = 0.6, eos_id: int = EOS_ID,
+                forbid_pad: bool = False) -> tuple[jax.Array, jax.Array]:
+  """Beam search with the cache: (tokens (batch, beam, max_length), scores (batch, beam)).
+
+  Beams come best first. A beam's score is its sum log-probability (EOS included)
+  divided by ``brevity_penalty(length, alpha)`` (T5X's default alpha 0.6; 0 = plain
+  sum). Each step expands every live beam, keeps the 2k best candidates, sends those
+  ending in EOS to the finished set and the best k others on; at ``max_length`` the
+  still-live beams compete with the finished ones (as HF's beam search does). The
+  loop stops early once no live beam can beat the k-th finished one. The encoder runs
+  once per example; the cache rows are reordered to follow their beams.
+  """
+  if beam_size < 1:
+    raise ValueError(f"beam_size must be >= 1, got {beam_size}.")
+  batch, k = encoder_input_tokens.shape[0], beam_size
+  encoded = _encode(module, params, encoder_input_tokens)
+  encoded = jnp.repeat(encoded, k, axis=0)
+  enc_tokens = jnp.repeat(encoder_input_tokens, k, axis=0)
+  cache = init_cache(module, params, encoded, enc_tokens, max_length)
+  max_penalty = brevity_penalty(max_length, alpha)
+
+  def gather(x, idx):  # x (batch, n, ...), idx (batch, m) -> (batch, m, ...)
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+  def cond(state):
+    i, _, _, alive_logp, _, fin_score = state
+    best_alive = jnp.max(alive_logp, axis=1) / max_penalty
+    return (i < max_length) & jnp.any(best_alive > jnp.min(fin_score, axis=1))
+
+  def body(state):
+    i, cache, alive_seq, alive_logp, fin_seq, fin_score = state
+    prev = jnp.where(i == 0, 0, jax.lax.dynamic_index_in_dim(alive_seq, jnp.maximum(i - 1, 0), 2,
+                                                               keepdims=False))
+    logits, cache = decode_step(module, params, cache, encoded, enc_tokens, prev.reshape(-1), i)
+    logp = _log_probs(logits, forbid_pad)
+    vocab = logp.shape[-1]
+    cand = (alive_logp[:, :, None] + logp.reshape(batch, k, vocab)).reshape(batch, k * vocab)
+    cand = jnp.maximum(cand, NEG_INF)  # impossible candidates stay exactly at NEG_INF
+    top_scores, top_idx = jax.lax.top_k(cand, 2 * k)
+    src_beam, token = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
+    seqs = gather(alive_seq, src_beam)
+    seqs = jax.lax.dynamic_update_index_in_dim(seqs, token, i, axis=2)
+    is_eos = token == eos_id
+    valid = top_scores > NEG_INF / 2
+    live_scores, live_idx = jax.lax.top_k(jnp.where(is_eos, NEG_INF, top_scores), k)
+    alive_seq, alive_logp = gather(seqs, live_idx), live_scores
+    rows = (jnp.arange(batch)[:, None] * k + gather(src_beam, live_idx)).reshape(-1)
+    cache = jax.tree_util.tree_map(
+        lambda x: x[rows] if x.ndim and x.shape[0] == batch * k else x, cache)
+    done_scores = jnp.where(is_eos & valid, top_scores / brevity_penalty(i + 1, alpha), NEG_INF)
+    fin_score, fin_idx = jax.lax.top_k(jnp.concatenate([fin_score, done_scores], 1), k)
+    fin_seq = gather(jnp.concatenate([fin_seq, seqs], 1), fin_idx)
+    return i + 1, cache, alive_seq, alive_logp, fin_seq, fin_score
+
+  alive_logp = jnp.full((batch, k), NEG_INF, jnp.float32).at[:, 0].set(0.0)  # one live beam
+  seqs = jnp.zeros((batch, k, max_length), jnp.int32)
+  fin_score = jnp.full((batch, k), NEG_INF, jnp.float32)
+  state = (jnp.asarray(0), cache, seqs, alive_logp, seqs, fin_score)
+  i, _, alive_seq, alive_logp, fin_seq, fin_score = jax.lax.while_loop(cond, body, state)
+  # Live beams that reached max_length compete with the finished ones.
+  live = jnp.where(alive_logp > NEG_INF / 2, alive_logp / brevity_penalty(i, alpha), NEG_INF)
+  live = jnp.where(i >= max_length, live, NEG_INF)
+  scores, idx = jax.lax.top_k(jnp.concatenate([fin_score, live], 1), k)
+  tokens = gather(jnp.concatenate([fin_seq, alive_seq], 1), idx)
+  return tokens, scores

@@ -7,7 +7,9 @@ T5X users write ``--gin_file`` (repeatable, later overrides earlier),
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +53,17 @@ def _resolve(gin_file: str, search_paths: Sequence[str]) -> str:
       "Pass a path, or a name relative to --gin_search_paths.")
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+  root = logging.getLogger()
+  level = root.level
+  root.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    root.setLevel(level)
+
+
 def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
           search_paths: Sequence[str] = (), finalize: bool = True) -> None:
   """Clears gin and parses files then bindings (later overrides earlier).
@@ -65,7 +78,8 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
   for f in gin_files:
     resolved = _resolve(f, paths)
     try:
-      gin.parse_config_file(resolved)
+      with _quiet_root_logger():  # gin logs each include path it tries before the search paths
+        gin.parse_config_file(resolved)
     except Exception as e:  # gin raises several types; all are user errors here.
       raise GinConfigError(f"gin file {resolved}: {e}") from e
   for b in bindings:

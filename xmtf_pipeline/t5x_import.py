@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,10 +145,11 @@ class Entry:
   name: str  # slash-joined tree path, e.g. target/encoder/encoder_norm/scale
   shape: tuple[int, ...]
   dtype: np.dtype
-  _read: Callable[[], np.ndarray] = field(repr=False)
+  _read: Callable[[tuple], np.ndarray] = field(repr=False)  # index -> values
 
-  def read(self) -> np.ndarray:
-    return np.asarray(self._read())
+  def read(self, index: tuple = ()) -> np.ndarray:
+    """The whole array, or the block ``index`` (a tuple of slices) read on its own."""
+    return np.asarray(self._read(tuple(index)))
 
 
 @dataclass
@@ -181,12 +182,12 @@ def _ts_entry(name: str, spec: dict[str, Any]) -> Entry:
                              f"{str(e).splitlines()[0] if str(e) else ''}); the checkpoint "
                              "is incomplete or damaged.") from e
   return Entry(name, tuple(store.shape), np.dtype(store.dtype.numpy_dtype),
-               lambda: store.read().result())
+               lambda index: (store[index] if index else store).read().result())
 
 
 def _inline_entry(name: str, value: Any) -> Entry:
   arr = np.asarray(value)
-  return Entry(name, tuple(arr.shape), arr.dtype, lambda: arr)
+  return Entry(name, tuple(arr.shape), arr.dtype, lambda index: arr[index] if index else arr)
 
 
 def _is_ts_spec(x: Any) -> bool:
@@ -363,6 +364,26 @@ def place_like(value: np.ndarray, like: Any, name: str = "") -> Any:
   return value
 
 
+def place_entry(entry: Entry, like: Any) -> Any:
+  """``entry`` laid out like ``like``; each device's block is read on its own.
+
+  For a sharded target this never materialises the full array on the host
+  (T5X reads only host-local chunks the same way); a block wanted by several
+  devices (replication) is read once.
+  """
+  if not isinstance(like, jax.Array) or entry.shape != tuple(like.shape) or not entry.shape:
+    return place_like(entry.read(), like, entry.name)
+  blocks: dict[tuple, np.ndarray] = {}
+
+  def block(index):
+    key = tuple((s.start, s.stop, s.step) for s in index)
+    if key not in blocks:
+      blocks[key] = np.asarray(entry.read(index), like.dtype)
+    return blocks[key]
+
+  return jax.make_array_from_callback(tuple(like.shape), like.sharding, block)
+
+
 def _preview(names: list[str], n: int = 5) -> str:
   more = f" … and {len(names) - n} more" if len(names) > n else ""
   return ", ".join(names[:n]) + more
@@ -400,7 +421,7 @@ def state_from_reader(reader: CheckpointReader, config: T5Config, target: Any,
   if extra:
     log.warning("%s: ignoring %d optimizer arrays the model does not use: %s", source,
                 len(extra), _preview(extra))
-  out = {name: place_like(reader.read(name), like, name) for name, like in want.items()}
+  out = {name: place_entry(reader.entries[name], like) for name, like in want.items()}
   return params_lib.unflatten(out)
 
 
@@ -411,6 +432,57 @@ def restore_state(path: str, config: T5Config, target: Any) -> dict[str, Any]:
   print(f"Restored {reader.layout} checkpoint {reader.path}: parameters, Adafactor state and "
         f"step {int(np.asarray(state['state']['step']))}.", flush=True)
   return state
+
+
+# --------------------------------------------------------------------------- writer
+
+LEGACY_VERSION = 3
+_CHUNK_BYTES = 64 << 20  # T5X's _DESIRED_CHUNK_SIZE_BYTES
+
+
+def _chunk_shape(shape: tuple[int, ...], itemsize: int) -> list[int]:
+  """T5X's rule: the largest chunk within 64 MiB that divides the array evenly, found by
+  stepping the currently largest dimension down through its divisors."""
+  divisors = [[d for d in range(1, n + 1) if n % d == 0] for n in shape]
+  target = max(1, _CHUNK_BYTES // itemsize)
+  while int(np.prod([d[-1] for d in divisors], dtype=np.int64)) > target:
+    largest = max(range(len(shape)), key=lambda i: divisors[i][-1])
+    divisors[largest].pop()
+  return [d[-1] for d in divisors]
+
+
+def write_legacy(ckpt_dir: str, leaves: Iterable[tuple[str, np.ndarray]]) -> None:
+  """Writes T5X's legacy layout (version 3), the one the public mT5 checkpoints use.
+
+  Leaves arrive one at a time (slash paths such as ``target/encoder/...``,
+  ``state/step``); each array is written to its gzip zarr folder before the next
+  is asked for, so memory holds one array, never the model. Single-element
+  leaves (the step, unused Adafactor slots) go inline into the msgpack, the
+  others as relative TensorStore specs, as T5X's Checkpointer writes them; T5X
+  itself, this module's reader and ``xmtf export-hf`` all read the result.
+  """
+  os.makedirs(ckpt_dir, exist_ok=True)
+  optimizer: dict[str, Any] = {}
+  for name, value in leaves:
+    arr = np.asarray(value)
+    *parents, last = name.split("/")
+    node = optimizer
+    for key in parents:
+      node = node.setdefault(key, {})
+    if arr.size <= 1:
+      node[last] = arr
+      continue
+    relative = name.replace("/", ".")
+    spec = {"driver": "zarr", "dtype": arr.dtype.name,
+            "kvstore": {"driver": "file", "path": relative},
+            "metadata": {"compressor": {"id": "gzip", "level": 1}, "shape": list(arr.shape),
+                         "chunks": _chunk_shape(arr.shape, arr.dtype.itemsize)}}
+    absolute = dict(spec, kvstore={"driver": "file", "path": os.path.join(ckpt_dir, relative)})
+    ts.open(absolute, create=True).result().write(arr).result()
+    node[last] = spec
+    del arr, value
+  with open(os.path.join(ckpt_dir, "checkpoint"), "wb") as f:
+    f.write(serialization.msgpack_serialize({"version": LEGACY_VERSION, "optimizer": optimizer}))
 
 
 @dataclass

@@ -8,7 +8,7 @@ import json
 import jax
 import numpy as np
 
-from xmtf_pipeline import models, params, schedules, trainer
+from xmtf_pipeline import models, params, planner, schedules, trainer
 from xmtf_pipeline.adafactor import Adafactor
 from xmtf_pipeline.network import T5Config
 from xmtf_pipeline.partitioning import Partitioner
@@ -77,11 +77,21 @@ def main():
       spec = tuple(arr.sharding.spec) + (None,) * (arr.ndim - len(arr.sharding.spec))
       if spec != specs[path]:
         mismatched.append(f"{path}: {spec} != {specs[path]}")
+    planned_p, planned_o = planner.state_bytes(CONFIG, part, {"data": shape[0], "model": shape[1]})
+    dev0 = jax.devices()[0]
+
+    def on_dev0(tree):
+      return sum(s.data.nbytes for leaf in jax.tree_util.tree_leaves(tree)
+                 for s in leaf.addressable_shards if s.device == dev0)
     mesh_shape = dict(state.params["decoder"]["logits_dense"]["kernel"].sharding.mesh.shape)
     # Adafactor's factored slots are replicated, full slots follow the parameter.
     emb_state = state.opt_state["param_states"]["token_embedder"]["embedding"]
     report[name] = {"param_rel": rel, "loss_rel": loss_rel, "mismatched_specs": mismatched,
-                    "mesh": mesh_shape,
+                    "planned_param_bytes": planned_p, "actual_param_bytes": on_dev0(state.params),
+                    "planned_opt_bytes": planned_o,
+                    "actual_opt_bytes": on_dev0(state.opt_state),
+                    "mesh": mesh_shape, "mesh_ok": mesh_shape == {"data": shape[0],
+                                                                  "model": shape[1]},
                     "v_row_replicated": emb_state["v_row"].sharding.is_fully_replicated,
                     "embedding_spec": str(state.params["token_embedder"]["embedding"].sharding.spec),
                     "relpos_v_spec": str(state.opt_state["param_states"]["encoder"]["relpos_bias"]

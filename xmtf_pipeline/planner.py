@@ -1,0 +1,177 @@
+"""``xmtf plan``: per-device memory of a run config on a mesh, before renting the chips.
+
+Parameters and Adafactor state are exact (shapes from ``jax.eval_shape``, shards
+from the same logical rules the trainer uses). Activations are an estimate: the
+per-layer formula of Korthikanti et al. 2022 (16-bit activations saved for the
+backward pass, no rematerialisation: s*b*d*(34 + 5*a*s/d) bytes per layer), plus
+the decoder's cross-attention and the float32 logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from xmtf_pipeline import gin_config, params
+from xmtf_pipeline.adafactor import Adafactor
+from xmtf_pipeline.network import T5Config
+from xmtf_pipeline.partitioning import Partitioner
+
+GIB = 1024 ** 3
+# Accelerator memory per device (GiB) and slice sizes (devices = chips).
+CHIPS = {"tpu-v4": 32, "tpu-v5e": 16, "tpu-v5p": 95, "a100-40g": 40, "a100-80g": 80,
+         "h100": 80, "h200": 141}
+SLICES = {"v4-8": ("tpu-v4", 4), "v4-32": ("tpu-v4", 16), "v4-64": ("tpu-v4", 32),
+          "v4-128": ("tpu-v4", 64), "v4-256": ("tpu-v4", 128)}
+
+
+@dataclasses.dataclass
+class Plan:
+  devices: int
+  mesh: dict[str, int]
+  per_device_batch: int
+  param_bytes: int
+  optimizer_bytes: int
+  gradient_bytes: int
+  activation_bytes: int
+  remat_activation_bytes: int
+  capacity_bytes: int | None
+
+  @property
+  def total_bytes(self) -> int:
+    return self.param_bytes + self.optimizer_bytes + self.gradient_bytes + self.activation_bytes
+
+  @property
+  def remat_total_bytes(self) -> int:
+    return (self.param_bytes + self.optimizer_bytes + self.gradient_bytes
+            + self.remat_activation_bytes)
+
+  def table(self) -> str:
+    rows = [("parameters (f32)", self.param_bytes), ("Adafactor state (f32)", self.optimizer_bytes),
+            ("gradients (f32, transient)", self.gradient_bytes),
+            ("activations (estimate, bf16, no remat)", self.activation_bytes),
+            ("total (upper bound)", self.total_bytes),
+            ("activations with per-layer remat (est.)", self.remat_activation_bytes),
+            ("total (lower bound)", self.remat_total_bytes)]
+    lines = [f"mesh {self.mesh} on {self.devices} devices; {self.per_device_batch} examples "
+             "per device per microbatch"]
+    lines += [f"  {name:<40} {b / GIB:10.2f} GiB" for name, b in rows]
+    if self.capacity_bytes:
+      cap = 0.9 * self.capacity_bytes
+      verdict = ("fits" if self.total_bytes <= cap else
+                 "fits only with rematerialisation (XLA's or per-layer)"
+                 if self.remat_total_bytes <= cap else "does NOT fit")
+      lines.append(f"  {'device memory':<40} {self.capacity_bytes / GIB:10.2f} GiB -> {verdict} "
+                   "(with 10% headroom)")
+    return "\n".join(lines)
+
+
+def _mesh_axes(logical: tuple[str | None, ...], rules) -> list[str | None]:
+  """flax's rule: each logical axis takes the first rule whose mesh axis is still free."""
+  used, out = set(), []
+  for name in logical:
+    choice = None
+    for lname, mesh_axis in rules:
+      if lname == name and (mesh_axis is None or mesh_axis not in used):
+        choice = mesh_axis
+        break
+    if choice is not None:
+      used.add(choice)
+    out.append(choice)
+  return out
+
+
+def shard_shape(shape, logical, rules, mesh: dict[str, int]) -> tuple[int, ...]:
+  return tuple(math.ceil(d / (mesh[a] if a else 1))
+               for d, a in zip(shape, _mesh_axes(logical, rules)))
+
+
+def state_bytes(config: T5Config, partitioner: Partitioner, mesh: dict[str, int]
+                ) -> tuple[int, int]:
+  """Per-device bytes of (parameters, Adafactor state) under the partitioner's rules."""
+  shapes, logical = params.param_shapes(config), params.logical_axes(config)
+  rules, opt = partitioner.rules, Adafactor()
+  p_bytes, o_bytes = 0, 4  # the int32 step
+  for path, shape in shapes.items():
+    local = shard_shape(shape, logical[path], rules, mesh)
+    p_bytes += 4 * int(np.prod(local))
+    dims = opt.factored_dims(shape)
+    if dims is None:
+      o_bytes += 4 * int(np.prod(local)) + 3 * 4  # v like the param; 3 unused (1,) slots
+    else:
+      d1, d0 = dims
+      o_bytes += 4 * (shape[d1] + shape[d0]) + 2 * 4  # v_row, v_col replicated
+  return p_bytes, o_bytes
+
+
+def activation_bytes(config: T5Config, batch: int, len_in: int, len_out: int,
+                     model_parallel: int) -> tuple[int, int]:
+  """(no rematerialisation, per-layer rematerialisation) estimates in bytes."""
+  d, a, V = config.emb_dim, config.num_heads, config.vocab_size
+
+  def layer(s, b):
+    return s * b * d * (34 + 5 * a * s / d)
+
+  enc_layer = layer(len_in, batch)
+  dec_layer = layer(len_out, batch) + len_out * batch * d * 12 + 5 * a * len_out * len_in * batch
+  logits = 2 * 4 * batch * len_out * V  # float32 logits and their gradient
+  full = config.num_encoder_layers * enc_layer + config.num_decoder_layers * dec_layer
+  # With remat only each layer's input (bf16) is kept, plus one layer's working set; a fused
+  # loss keeps one copy of the logits.
+  remat = (2 * batch * d * (config.num_encoder_layers * len_in + config.num_decoder_layers * len_out)
+           + max(enc_layer, dec_layer))
+  return int((full + logits) / model_parallel), int((remat + logits / 2) / model_parallel)
+
+
+def plan_config(config: T5Config, partitioner: Partitioner, devices: int, batch_size: int,
+                lengths: dict[str, int], num_microbatches: int = 1,
+                capacity_gib: float | None = None) -> Plan:
+  mp = partitioner.model_parallel_size
+  if devices % mp:
+    raise ValueError(f"num_partitions={mp} does not divide {devices} devices.")
+  mesh = {"data": devices // mp, "model": mp}
+  if batch_size % (mesh["data"] * num_microbatches):
+    raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by data={mesh['data']} x "
+                     f"NUM_MICROBATCHES={num_microbatches}.")
+  per_device = batch_size // mesh["data"] // num_microbatches
+  p, o = state_bytes(config, partitioner, mesh)
+  act, remat = activation_bytes(config, per_device, lengths["inputs"], lengths["targets"], mp)
+  return Plan(devices, mesh, per_device, p, o, p, act, remat,
+              int(capacity_gib * GIB) if capacity_gib else None)
+
+
+def plan_from_gin(gin_files, bindings, devices: int, chip: str | None) -> Plan:
+  gin_config.parse(gin_files, ["MODEL_DIR = '/tmp/plan'", *bindings], finalize=False)
+  config = gin_config.evaluate("%MODEL_CONFIG")
+  partitioner = gin_config.evaluate("@partitioning.Partitioner()")
+  plan = plan_config(config, partitioner, devices, int(gin_config.evaluate("%BATCH_SIZE")),
+                     dict(gin_config.evaluate("%TASK_FEATURE_LENGTHS")),
+                     int(gin_config.evaluate("%NUM_MICROBATCHES")),
+                     CHIPS[chip] if chip else None)
+  return plan
+
+
+def main(argv: list[str] | None = None) -> int:
+  import argparse
+  p = argparse.ArgumentParser(prog="xmtf plan", description=__doc__.split("\n")[0])
+  p.add_argument("--gin_file", action="append", required=True)
+  p.add_argument("--gin_bindings", action="append", default=[])
+  p.add_argument("--slice", choices=sorted(SLICES), help="a TPU slice (sets chip and devices)")
+  p.add_argument("--chip", choices=sorted(CHIPS), help="device type (memory per device)")
+  p.add_argument("--devices", type=int, help="number of devices (chips)")
+  args = p.parse_args(gin_config.rewrite_gin_args(argv or []))
+  chip, devices = args.chip, args.devices
+  if args.slice:
+    chip, devices = SLICES[args.slice]
+  if not devices:
+    p.error("give --devices (and --chip) or --slice")
+  try:
+    plan = plan_from_gin(args.gin_file, args.gin_bindings, devices, chip)
+  except (gin_config.GinConfigError, ValueError) as e:
+    print(f"xmtf plan: error: {e}")
+    return 2
+  print(f"{', '.join(args.gin_file)} on {args.slice or ''} {devices} x {chip or 'devices'}")
+  print(plan.table())
+  return 0
