@@ -52,7 +52,7 @@ def test_mesh_that_does_not_divide_devices():
 
 def test_rule_naming_unknown_axis():
   with pytest.raises(PartitioningError, match="unknown mesh axis"):
-    Partitioner(logical_axis_rules=[("batch", "dta")]).rules
+    _ = Partitioner(logical_axis_rules=[("batch", "dta")]).rules
 
 
 def test_num_partitions_and_submesh_are_exclusive():

@@ -80,7 +80,7 @@ def main():
     planned_p, planned_o = planner.state_bytes(CONFIG, part, {"data": shape[0], "model": shape[1]})
     dev0 = jax.devices()[0]
 
-    def on_dev0(tree):
+    def on_dev0(tree, dev0=dev0):
       return sum(s.data.nbytes for leaf in jax.tree_util.tree_leaves(tree)
                  for s in leaf.addressable_shards if s.device == dev0)
     mesh_shape = dict(state.params["decoder"]["logits_dense"]["kernel"].sharding.mesh.shape)
