@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 _OWN_FLAGS = {
     "train": "train/finetune with gin configs (T5X flags: xmtf train --help)",
     "plan": "per-device memory of a run config on a mesh (xmtf plan --help)",
+    "bench": "training throughput and MFU, optionally beside HF (xmtf bench train --help)",
 }
 
 
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
   if argv and argv[0] == "plan":
     from xmtf_pipeline import planner
     return planner.main(argv[1:])
+  if argv and argv[0] == "bench":
+    from xmtf_pipeline import bench
+    return bench.main(argv[1:])
   args = build_parser().parse_args(argv)
   from xmtf_pipeline.gin_config import GinConfigError
   from xmtf_pipeline.params import ParamMismatchError

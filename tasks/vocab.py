@@ -1,0 +1,124 @@
+"""SentencePiece vocabularies: mT5's (swappable by one gin binding or env var) and the sample's.
+
+Tasks are registered at import, before gin bindings are parsed, so the mT5 vocabulary resolves its
+path lazily, on first use: ``tasks.vocab.mt5_vocabulary_config.path`` (gin), else ``MT5_SPM_PATH``
+(env), else mT5's GCS model. The model gin can use the same object, so one binding swaps both:
+
+    VOCABULARY = @tasks.vocab.mt5_vocabulary()
+    tasks.vocab.mt5_vocabulary_config.path = '/data/mt5/sentencepiece.model'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import seqio
+import tensorflow as tf
+
+import gin
+
+MT5_SPM_GCS = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
+MT5_SPM_ENV = "MT5_SPM_PATH"
+# mT5's model already holds 100 sentinel pieces (250,000 + 100 = 250,100), hence extra_ids=0.
+MT5_EXTRA_IDS = 0
+
+SAMPLE_SPM = Path(__file__).resolve().parent / "data" / "spm" / "xp3_sample.model"
+# The sample model has 400 pieces and no sentinels; seqio appends 100 (ids 400..499) so span
+# corruption has sentinels and the whole vocabulary fits the tiny model's 512 embeddings.
+SAMPLE_EXTRA_IDS = 100
+
+
+class VocabularyError(ValueError):
+  """A vocabulary path that cannot be used; the message says which setting to change."""
+
+
+@gin.configurable(module="tasks.vocab")
+def mt5_vocabulary_config(path: str | None = None, extra_ids: int | None = None):
+  """(path, extra_ids) of the mT5-family vocabulary: gin, then ``MT5_SPM_PATH``, then GCS."""
+  resolved = path or os.environ.get(MT5_SPM_ENV) or MT5_SPM_GCS
+  if extra_ids is None:
+    extra_ids = SAMPLE_EXTRA_IDS if _same_file(resolved, SAMPLE_SPM) else MT5_EXTRA_IDS
+  return resolved, extra_ids
+
+
+def _same_file(path: str, other: Path) -> bool:
+  try:
+    return "://" not in path and Path(path).resolve() == other
+  except OSError:
+    return False
+
+
+def check_spm_path(path: str, setting: str) -> str:
+  """Raises a VocabularyError if a local model file is missing (GCS paths are not probed)."""
+  if "://" in path:
+    return path
+  if not tf.io.gfile.exists(path):
+    raise VocabularyError(
+        f"SentencePiece model {path!r} does not exist (set by {setting}). Fix the path, or unset "
+        f"it to use mT5's {MT5_SPM_GCS}; for tests and the CPU demo use {SAMPLE_SPM}.")
+  return path
+
+
+class LazySentencePieceVocabulary(seqio.SentencePieceVocabulary):
+  """A SentencePieceVocabulary whose file and extra ids are looked up when first needed.
+
+  Equality is by role (every instance of the mT5 vocabulary is equal), so mixtures of tasks built
+  before and after a gin binding still agree; the file is re-resolved if the binding changes.
+  """
+
+  def __init__(self, role: str = "mt5"):
+    super().__init__(sentencepiece_model_file="", extra_ids=0)
+    self._role = role
+    self._resolved: tuple[str, int] | None = None
+
+  def _resolve(self) -> tuple[str, int]:
+    path, extra_ids = mt5_vocabulary_config()
+    setting = ("gin tasks.vocab.mt5_vocabulary_config.path or env "
+               f"{MT5_SPM_ENV}={os.environ.get(MT5_SPM_ENV, '')!r}")
+    return check_spm_path(path, setting), extra_ids
+
+  def _model_context(self):
+    resolved = self._resolve()
+    if self._model is None or resolved != self._resolved:
+      self._model = None
+      self._sentencepiece_model_file, self._extra_ids = resolved
+      self._resolved = resolved
+      return super()._model_context()
+    return self._model
+
+  @property
+  def extra_ids(self) -> int:
+    self._model_context()
+    return self._extra_ids
+
+  def __eq__(self, other):
+    return isinstance(other, LazySentencePieceVocabulary) and other._role == self._role
+
+  def __hash__(self):
+    return hash(("LazySentencePieceVocabulary", self._role))
+
+  def __str__(self) -> str:
+    return f"LazySentencePieceVocabulary(role={self._role}, resolved={self._resolved})"
+
+
+_MT5 = LazySentencePieceVocabulary("mt5")
+
+
+@gin.configurable(module="tasks.vocab")
+def mt5_vocabulary() -> seqio.Vocabulary:
+  """The vocabulary of every full-size task (xP3, xP3mt, P3, mC4)."""
+  return _MT5
+
+
+def sample_vocabulary() -> seqio.SentencePieceVocabulary:
+  """The bundled sample's tiny vocabulary (400 pieces + 100 sentinels = 500 ids)."""
+  return seqio.SentencePieceVocabulary(str(SAMPLE_SPM), extra_ids=SAMPLE_EXTRA_IDS)
+
+
+def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+  """T5X finetuning's features: both tokenized with EOS appended after trimming."""
+  return {
+      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=True),
+      "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=True),
+  }
