@@ -55,13 +55,18 @@ def _child(step: str, model: str, work: str) -> dict:
   if step == "write-hf":
     os.makedirs(hf_dir)
     rng = np.random.default_rng(0)
+
+    def random_rows(shape, rows_per_block=4096):
+      for r0 in range(0, shape[0], rows_per_block):
+        block = (min(rows_per_block, shape[0] - r0),) + tuple(shape[1:])
+        yield rng.standard_normal(block, dtype=np.float32) * np.float32(0.05)
+
     plans = []
     for path, shape in params.param_shapes(config).items():
       key, transpose = hf_mapping.to_hf_name(path)
       hf_shape = shape[::-1] if transpose else shape
-      plans.append(safetensors_io.TensorPlan(
-          key, np.dtype(np.float32), hf_shape,
-          lambda s=hf_shape: [rng.standard_normal(s, dtype=np.float32) * 0.05]))
+      plans.append(safetensors_io.TensorPlan(key, np.dtype(np.float32), hf_shape,
+                                             lambda s=hf_shape: random_rows(s)))
     safetensors_io.write(os.path.join(hf_dir, "model.safetensors"), plans, {"format": "pt"})
     with open(os.path.join(hf_dir, "config.json"), "w") as f:
       json.dump(hf_mapping.hf_config_dict(config), f)

@@ -194,9 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   cfg = model_config(args.model)
   flops = train_flops_per_example(cfg, args.inputs, args.targets)
+  # Ours first, each figure printed as soon as it exists: a run cut short still reports.
+  ceiling = matmul_ceiling_tflops()
+  print(f"bf16 matmul ceiling: {ceiling:.1f} TFLOP/s", flush=True)
   rows = []
+  for b in args.batch or [32]:
+    try:
+      rows.append(_finish(bench_ours(cfg, b, args.inputs, args.targets, args.steps), flops,
+                          ceiling, args.inputs, args.targets))
+      print(table(rows[-1:]), flush=True)
+    except Exception as e:  # e.g. out of memory at a large batch: report and go on
+      print(f"xmtf batch {b} failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
   if args.vs_hf:
-    for mode, batches in (("eager", [16]), ("compile", args.hf_batch or [32])):
+    for mode, batches in (("eager", [8]), ("compile", args.hf_batch or [16])):
       for b in batches:
         out = subprocess.run([sys.executable, "-m", "xmtf_pipeline.bench", "train", "--model",
                               args.model, "--inputs", str(args.inputs), "--targets",
@@ -206,14 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         if not line:
           print(f"HF {mode} batch {b} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
           continue
-        rows.append(json.loads(line[0][7:]))
-  ceiling = matmul_ceiling_tflops()
-  for b in args.batch or [32]:
-    try:
-      rows.append(bench_ours(cfg, b, args.inputs, args.targets, args.steps))
-    except Exception as e:  # e.g. out of memory at a large batch: report and go on
-      print(f"xmtf batch {b} failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
-  rows = [_finish(r, flops, ceiling, args.inputs, args.targets) for r in rows]
+        rows.append(_finish(json.loads(line[0][7:]), flops, ceiling, args.inputs, args.targets))
+        print(table(rows[-1:]), flush=True)
   print(f"{args.model} {args.inputs}/{args.targets}: {flops / 1e12:.3f} TFLOP per example "
         f"(fwd+bwd); bf16 matmul ceiling measured {ceiling:.1f} TFLOP/s")
   print(table(rows))

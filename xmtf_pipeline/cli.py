@@ -57,7 +57,8 @@ def _import_hf(args: argparse.Namespace) -> int:
   except _conversion_errors() as e:
     print(f"xmtf import-hf: error: {e}", file=sys.stderr)
     return 2
-  print(f"Wrote {path} (parameters from {args.hf_dir}; Adafactor at zero, step {args.step}). "
+  print(f"Wrote {path} (T5X checkpoint: parameters from {args.hf_dir}, Adafactor at zero, "
+        f"step {args.step}). "
         f"Use it as --gin.INITIAL_CHECKPOINT_PATH=\\\"{path}\\\".")
   return 0
 
@@ -103,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                  help="results.md / model_index.yaml (or their folder) for the model card")
   p.set_defaults(func=_export_hf)
 
-  p = sub.add_parser("import-hf", help="convert a Hugging Face MT5 directory to a checkpoint")
+  p = sub.add_parser("import-hf",
+                     help="convert a Hugging Face MT5 directory to a T5X initial checkpoint")
   p.add_argument("--hf_dir", required=True,
                  help="HF directory (model.safetensors or pytorch_model.bin, single or sharded)")
-  p.add_argument("--output_dir", required=True, help="writes OUTPUT_DIR/checkpoint_<step>")
+  p.add_argument("--output_dir", required=True,
+                 help="writes OUTPUT_DIR/checkpoint_<step> (T5X layout, for INITIAL_CHECKPOINT_PATH)")
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
   p.add_argument("--model", default=None,
                  help="model gin (name or file) that config.json must match")
@@ -120,6 +123,15 @@ _OWN_FLAGS = {
     "train": "train/finetune with gin configs (T5X flags: xmtf train --help)",
     "plan": "per-device memory of a run config on a mesh (xmtf plan --help)",
     "bench": "training throughput and MFU, optionally beside HF (xmtf bench train --help)",
+    "eval": "held-out zero-shot suite by rank classification (T5X eval.gin flags)",
+    "infer": "generate (greedy/beam/sampling) or score with a checkpoint (T5X infer.gin flags)",
+    "select-checkpoint": "pick the best checkpoint in MODEL_DIR by a validation score",
+}
+# Evaluation commands with their own parsers: module and function, imported on use.
+_EVAL_MAINS = {
+    "eval": ("xmtf_pipeline.evaluation", "main"),
+    "infer": ("xmtf_pipeline.inference", "main"),
+    "select-checkpoint": ("xmtf_pipeline.checkpoint_selection", "main"),
 }
 
 
@@ -128,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
   if argv and argv[0] == "train":
     from xmtf_pipeline import train
     return train.main(argv[1:])
+  if argv and argv[0] in _EVAL_MAINS:
+    import importlib
+    module, fn = _EVAL_MAINS[argv[0]]
+    return getattr(importlib.import_module(module), fn)(argv[1:])
   if argv and argv[0] == "plan":
     from xmtf_pipeline import planner
     return planner.main(argv[1:])

@@ -323,9 +323,9 @@ def model_card(config: T5Config, run: Mapping[str, Any], checkpoint: str, step: 
            f"# {os.path.basename(os.path.dirname(checkpoint)) or 'xmtf'} "
            f"({os.path.basename(checkpoint)})", "",
            "An mT5-architecture encoder-decoder (`MT5ForConditionalGeneration`) trained with "
-           "[xmtf-pipeline](https://github.com/bigscience-workshop/xmtf), the T5X-style "
-           "reproduction of BigScience's mT0 (mT5 finetuned on xP3), exported with "
-           "`xmtf export-hf`.", "",
+           "xmtf-pipeline, a T5X-style reproduction of BigScience's "
+           "[mT0](https://huggingface.co/bigscience/mt0-xxl) (mT5 finetuned on xP3), and "
+           "exported with `xmtf export-hf`.", "",
            "## Model", "",
            "| setting | value |", "|---|---|",
            f"| parameters | {n_params:,} |",
@@ -381,7 +381,10 @@ def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwri
     with open(os.path.join(model_dir, "config.gin")) as f:
       run = parse_operative_config(f.read())
   shapes = reader.shapes("target")
-  config = model_config or model_config_from_run(run) or infer_config(shapes)
+  run_config = None if model_config else model_config_from_run(run)
+  config = model_config or run_config or infer_config(shapes)
+  # HF's dropout_rate is the training setting (0.1 on the mT0 uploads), not an architecture one.
+  dropout = run_config.dropout_rate if run_config else run.get("DROPOUT_RATE", 0.1)
   params_lib.check_params({p: _Shaped(s) for p, s in shapes.items()}, config,
                           source=f"checkpoint {ckpt}")
   spm_path, hinted_extra, spm_source = resolve_spm(spm_model, run, model_dir)
@@ -393,7 +396,6 @@ def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwri
     notes = write_tokenizer(tmp, spm_path, extra_ids if extra_ids is not None else hinted_extra,
                             config.vocab_size)
     files = write_weights(reader, tmp, DTYPES[dtype], max_bytes)
-    dropout = run.get("DROPOUT_RATE", 0.1)
     hf_config = dict(hf_mapping.hf_config_dict(config, dropout_rate=float(dropout)),
                      torch_dtype=dtype, dtype=dtype)
     with open(os.path.join(tmp, "config.json"), "w") as f:

@@ -1,16 +1,17 @@
 """Hugging Face MT5 weights -> our parameter tree, streaming, one tensor at a time.
 
-Three consumers: ``xmtf import-hf`` (writes an orbax checkpoint in our layout),
-INITIAL_CHECKPOINT_PATH pointing straight at an HF directory (via
-``checkpoints.restore_initial``), and round-trip tests. All read the same way:
+Two consumers: ``xmtf import-hf`` (writes a native T5X checkpoint, one array
+at a time) and INITIAL_CHECKPOINT_PATH pointing straight at an HF directory
+(via ``checkpoints.restore_initial``). Both read the same way:
 ``config.json`` is validated first (MT5 / T5.1.1 gated-GELU with an untied
 head only), then each weight file is opened and its tensors are converted and
-shape-checked one after another, so host memory holds at most the converted
-parameters plus one source tensor, never the model twice.
+shape-checked one after another (a transposed tensor is read in row blocks
+straight into its transposed result), so a conversion holds one tensor, and a
+restore the restored parameters plus one tensor, never the model twice.
 
 Formats: ``model.safetensors`` and ``pytorch_model.bin``, single or sharded
 with an ``*.index.json``. safetensors is read by ``safetensors_io`` (no torch
-needed, bfloat16 supported, truncation detected from the header); ``.bin``
+needed, transposes in row blocks, truncation detected from the header); ``.bin``
 needs torch and is memory-mapped (``torch.load(mmap=True)``).
 
 Starting from HF weights means starting Adafactor from zero accumulators at
@@ -25,7 +26,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ from xmtf_pipeline.params import ParamMismatchError
 SAFE_SINGLE, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_SINGLE, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 _ARCHITECTURES = ("MT5ForConditionalGeneration", "T5ForConditionalGeneration")
+_EMBEDDING, _HEAD = "token_embedder/embedding", "decoder/logits_dense/kernel"
 # (our T5Config field, config.json key, default when absent)
 _CONFIG_FIELDS = (
     ("vocab_size", "vocab_size", None), ("emb_dim", "d_model", None),
@@ -78,10 +80,10 @@ def read_config(hf_dir: str) -> dict[str, Any]:
 def t5_config_from_hf(cfg: dict[str, Any], source: str = "config.json") -> T5Config:
   """Our T5Config for an HF config, refusing every architecture our network is not.
 
-  Accepted: ``model_type`` mt5, or t5 of the T5.1.1 kind (gated-GELU, untied
-  head), which is the same network. Refused with the reason: other model
-  types (BART, ...), T5 v1.0 (ReLU MLP, head tied to the embedding with a
-  d^-0.5 rescale), other activations, encoder-only models.
+  Accepted: ``model_type`` mt5, or t5 of the T5.1.1 kind (gated-GELU), which
+  is the same network. Refused with the reason: other model types (BART, ...),
+  T5 v1.0 (ReLU MLP), other activations, a d^-0.5 output rescale, models
+  without a decoder. Whether the head is tied is decided by the weights.
   """
   model_type = cfg.get("model_type")
   arch = cfg.get("architectures") or []
@@ -94,17 +96,17 @@ def t5_config_from_hf(cfg: dict[str, Any], source: str = "config.json") -> T5Con
   if bad_arch:
     raise HFImportError(f"{source}: architecture {bad_arch[0]} is not an encoder-decoder with an "
                         f"LM head; expected one of {', '.join(_ARCHITECTURES)}.")
-  proj = cfg.get("feed_forward_proj", "relu")
+  proj = cfg.get("feed_forward_proj", "gated-gelu" if model_type == "mt5" else "relu")
   if proj != "gated-gelu":
     raise HFImportError(
         f"{source}: feed_forward_proj {proj!r}; xmtf's network is gated-GELU (mT5, T5.1.1). "
         + ("This is the original T5 (v1.0: ReLU MLP, tied embeddings)." if proj == "relu" else ""))
-  tied = cfg.get("tie_word_embeddings", model_type == "t5")  # HF defaults: t5 True, mt5 False
-  if tied:
+  if cfg.get("scale_decoder_outputs"):
     raise HFImportError(
-        f"{source}: tie_word_embeddings is true: the LM head shares the embedding (and T5 then "
-        "rescales by d_model^-0.5). mT5/mT0 have an untied head (decoder/logits_dense); a tied "
-        "checkpoint would give a different model.")
+        f"{source}: scale_decoder_outputs is true: the decoder output is rescaled by "
+        "d_model^-0.5 before the head (Mesh TF's tied-embedding T5); mT5/mT0 have no rescale.")
+  # tie_word_embeddings is not trusted: transformers 5.x writes true for every MT5, even one
+  # whose lm_head.weight is stored and distinct. The weights decide (see iter_params).
   if cfg.get("is_encoder_decoder") is False:
     raise HFImportError(f"{source}: is_encoder_decoder is false; expected an encoder-decoder.")
   values = {}
@@ -161,7 +163,16 @@ def weight_files(hf_dir: str) -> WeightFiles:
   raise HFImportError(f"{hf_dir} has no {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX}.")
 
 
-def _iter_safetensors(path: str, keys: list[str] | None) -> Iterator[tuple[str, np.ndarray]]:
+@dataclass
+class SourceTensor:
+  """One HF tensor before it is read: its shape, and a loader that returns it as a fresh
+  float32 array, transposed or not, allocating only the result (no full-size temporary)."""
+  key: str
+  shape: tuple[int, ...]
+  load: Callable[[bool], np.ndarray]
+
+
+def _iter_safetensors(path: str, keys: list[str] | None) -> Iterator[SourceTensor]:
   try:
     reader = safetensors_io.SafetensorsReader(path)
   except safetensors_io.SafetensorsError as e:
@@ -169,10 +180,11 @@ def _iter_safetensors(path: str, keys: list[str] | None) -> Iterator[tuple[str, 
   for key in keys if keys is not None else reader.keys():
     if key not in reader.tensors:
       raise HFImportError(f"{path}: the shard index places {key!r} here but the file lacks it.")
-    yield key, reader.read(key)
+    yield SourceTensor(key, reader.tensors[key].shape,
+                       lambda transpose, key=key: reader.read_float32(key, transpose))
 
 
-def _iter_torch(path: str, keys: list[str] | None) -> Iterator[tuple[str, np.ndarray]]:
+def _iter_torch(path: str, keys: list[str] | None) -> Iterator[SourceTensor]:
   try:
     import torch
   except ImportError:
@@ -190,18 +202,24 @@ def _iter_torch(path: str, keys: list[str] | None) -> Iterator[tuple[str, np.nda
                         "truncated or not a PyTorch checkpoint?") from e
   if not isinstance(state, dict):
     raise HFImportError(f"{path} does not hold a state dict.")
+
+  def load(tensor, transpose):
+    src = tensor.t() if transpose else tensor
+    out = np.empty(tuple(src.shape), np.float32)
+    torch.from_numpy(out).copy_(src)  # transposes and casts off the memory map in one pass
+    return out
+
   for key in keys if keys is not None else list(state):
     if key not in state:
       raise HFImportError(f"{path}: the shard index places {key!r} here but the file lacks it.")
     tensor = state.pop(key)  # dropped from the dict so each tensor is released after use
-    if tensor.dtype in (torch.bfloat16, torch.float16):
-      tensor = tensor.to(torch.float32)
-    yield key, tensor.numpy()
+    yield SourceTensor(key, tuple(tensor.shape), lambda transpose, t=tensor: load(t, transpose))
+    del tensor
   del state
 
 
-def iter_hf_tensors(hf_dir: str) -> Iterator[tuple[str, np.ndarray]]:
-  """(HF key, array) over every weight file, one tensor at a time."""
+def iter_hf_tensors(hf_dir: str) -> Iterator[SourceTensor]:
+  """Every tensor of every weight file, one at a time, unread until loaded."""
   wf = weight_files(hf_dir)
   read = _iter_safetensors if wf.format == "safetensors" else _iter_torch
   for path in wf.files:
@@ -215,12 +233,15 @@ def iter_params(hf_dir: str, config: T5Config) -> Iterator[tuple[str, np.ndarray
   """(T5X path, float32 array) for each parameter, checked against ``config``.
 
   Every tensor must map to a parameter of this config with the right shape,
-  no parameter may come twice, and none may be missing at the end (a missing
-  ``lm_head.weight`` is called out: that is a tied head).
+  no parameter may come twice, and none may be missing at the end. A tied
+  head (no ``lm_head.weight``, or one equal to ``shared.weight``) is refused.
   """
   expected = params_lib.param_shapes(config)
   seen: set[str] = set()
-  for key, value in iter_hf_tensors(hf_dir):
+  # A few rows of the embedding and of the head (as (vocab, d)): equal means tied.
+  probes: dict[str, np.ndarray] = {}
+  for source in iter_hf_tensors(hf_dir):
+    key = source.key
     if key in hf_mapping.HF_EMBEDDING_ALIASES:
       continue
     try:
@@ -232,22 +253,27 @@ def iter_params(hf_dir: str, config: T5Config) -> Iterator[tuple[str, np.ndarray
                           "(config.json's num_layers / num_decoder_layers) does not have.")
     if path in seen:
       raise HFImportError(f"{hf_dir}: weight {key} appears twice.")
-    shape = tuple(value.shape[::-1]) if transpose else tuple(value.shape)
+    shape = source.shape[::-1] if transpose else source.shape
     if shape != expected[path]:
       raise HFImportError(
-          f"{hf_dir}: weight {key} has shape {tuple(value.shape)}, but config.json implies "
+          f"{hf_dir}: weight {key} has shape {source.shape}, but config.json implies "
           f"{expected[path][::-1] if transpose else expected[path]}; the weights do not match "
           "config.json.")
     seen.add(path)
-    out = value.T if transpose else value
-    yield path, np.array(out, dtype=np.float32, order="C")  # a fresh float32 copy
-    del value, out
+    out = source.load(transpose)
+    if path in (_EMBEDDING, _HEAD):
+      rows = out.T if path == _HEAD else out
+      probes[path] = np.concatenate([rows[:4], rows[-4:]])
+      del rows  # no reference may outlive the yield: the next tensor would double memory
+    yield path, out
+    del out
   missing = sorted(set(expected) - seen)
-  if "decoder/logits_dense/kernel" in missing:
+  if _HEAD in missing or (len(probes) == 2 and np.array_equal(*probes.values())):
     raise HFImportError(
-        f"{hf_dir} has no lm_head.weight: its head is tied to shared.weight. transformers 5.x "
-        "saves MT5 that way when the model was built from a config; mT5/mT0 need the untied "
-        "head. Re-export with lm_head.weight stored explicitly.")
+        f"{hf_dir}: the LM head is tied to the embedding ("
+        + ("no lm_head.weight" if _HEAD in missing else "lm_head.weight equals shared.weight")
+        + "). mT5/mT0 have an untied head; transformers 5.x drops lm_head.weight when an MT5 "
+        "built from a config is saved. Export with lm_head.weight stored explicitly.")
   if missing:
     raise HFImportError(f"{hf_dir} is missing {len(missing)} weight(s), e.g. "
                         f"{hf_mapping.to_hf_name(missing[0])[0]} ({missing[0]}).")
@@ -338,40 +364,55 @@ def finish_output_dir(tmp: str, output_dir: str) -> None:
   os.rename(tmp, output_dir)
 
 
+def train_state_leaves(params: Iterator[tuple[str, np.ndarray]], step: int
+                       ) -> Iterator[tuple[str, np.ndarray]]:
+  """A train state's leaves, one parameter at a time: the parameter, then its zero
+  Adafactor slots (our optimizer's factoring = T5X's), then the step."""
+  from xmtf_pipeline.adafactor import SLOTS, Adafactor
+
+  optimizer = Adafactor()
+  for path, value in params:
+    yield f"target/{path}", value
+    slots = optimizer.init_param_state(value)
+    del value
+    for slot in SLOTS:
+      yield f"state/param_states/{path}/{slot}", np.asarray(slots[slot])
+  yield "state/step", np.asarray(step, np.int32)
+
+
 def import_hf(hf_dir: str, output_dir: str, overwrite: bool = False,
               config: T5Config | None = None, step: int = 0) -> str:
-  """``xmtf import-hf``: writes OUTPUT_DIR/checkpoint_<step> in our orbax layout.
+  """``xmtf import-hf``: writes OUTPUT_DIR/checkpoint_<step> as a native T5X checkpoint.
 
-  The checkpoint holds the parameters and a zero Adafactor state at ``step``
-  (default 0), plus ``config.gin`` with the architecture and ``spiece.model``
-  when the HF directory has one, so the folder works as INITIAL_CHECKPOINT_PATH
-  and as input to ``xmtf export-hf``. Returns the checkpoint folder.
+  T5X's legacy layout (msgpack + TensorStore), because it can be written one
+  array at a time: converting mt5-xxl holds one tensor in memory, where an
+  orbax save would buffer the whole model (measured: ~3x the model). T5X reads
+  it, and so does INITIAL_CHECKPOINT_PATH (``checkpoints.restore_initial``) and
+  ``xmtf export-hf``; it is an initial checkpoint, not a MODEL_DIR to resume.
+  It holds the parameters and a zero Adafactor state at ``step`` (default 0),
+  plus ``config.gin`` with the architecture and ``spiece.model`` when the HF
+  directory has one. Returns the checkpoint folder.
   """
-  from xmtf_pipeline import checkpoints
-  from xmtf_pipeline.adafactor import Adafactor
+  from xmtf_pipeline import t5x_import
 
   hf_dir = os.path.abspath(hf_dir)
   if not os.path.isdir(hf_dir):
     raise HFImportError(f"--hf_dir {hf_dir} is not a directory.")
+  hf_config = t5_config_from_hf(read_config(hf_dir), os.path.join(hf_dir, "config.json"))
+  if config is not None:
+    check_same_architecture(hf_config, config, hf_dir)
   tmp = prepare_output_dir(output_dir, overwrite, protect=hf_dir)
   try:
-    hf_config, flat = load(hf_dir, config)
-    tree = params_lib.unflatten(flat)
-    del flat
-    opt = Adafactor().init(tree)
-    opt = {"step": np.asarray(step, np.int32), "param_states": opt["param_states"]}
-    ckpt = checkpoints.Checkpointer(tmp)
-    ckpt.save(step, {"target": tree, "state": opt},
-              {"batches": 0, "random_seed": 0, "data_seed": 0})
-    ckpt.close()
-    del tree, opt
+    t5x_import.write_legacy(os.path.join(tmp, f"checkpoint_{step}"),
+                            train_state_leaves(iter_params(hf_dir, hf_config), step))
     write_model_gin(hf_config, os.path.join(tmp, "config.gin"),
                     f"Architecture of the Hugging Face checkpoint {hf_dir} (xmtf import-hf).\n"
-                    "Adafactor state: zero accumulators at step "
-                    f"{step} (HF weights carry no optimizer state).")
+                    f"Adafactor state: zero accumulators at step {step} (HF weights carry no "
+                    "optimizer state).")
     _copy_tokenizer(hf_dir, tmp)
     with open(os.path.join(tmp, "import_source.json"), "w") as f:
-      json.dump({"hf_dir": hf_dir, "config.json": read_config(hf_dir), "step": step}, f, indent=2)
+      json.dump({"hf_dir": hf_dir, "config.json": read_config(hf_dir), "step": step,
+                 "layout": "t5x-legacy"}, f, indent=2)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

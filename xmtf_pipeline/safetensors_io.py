@@ -1,9 +1,10 @@
 """Streaming reader and writer for the safetensors format, one tensor at a time.
 
 Why not ``safetensors.numpy``: ``save_file`` needs every tensor of a file in a
-dict at once (the whole model in memory, twice with the transposed copies), and
-``safe_open`` cannot hand out bfloat16 as numpy and reports a truncated file as
-an opaque ``MetadataIncompleteBuffer``. The format is small enough to own: an
+dict at once (the whole model in memory, twice with the transposed copies), a
+transposed read needs a second full copy, and ``safe_open`` reports a truncated
+file as "incomplete metadata, file not fully covered" without saying how much
+is missing or which tensors. The format is small enough to own: an
 8-byte little-endian header length, a JSON header ``{name: {dtype, shape,
 data_offsets}}`` (offsets relative to the data section), then the raw
 little-endian bytes of each tensor, contiguous and without holes. The header is
@@ -122,6 +123,29 @@ class SafetensorsReader:
     if got != info.nbytes:
       raise SafetensorsError(f"{self.path}: tensor {name!r} was cut short ({got} of "
                              f"{info.nbytes} bytes); the file changed while reading?")
+    return out
+
+
+  def read_float32(self, name: str, transpose: bool = False,
+                   block_bytes: int = 64 << 20) -> np.ndarray:
+    """One tensor as float32, optionally transposed (2-D), read in row blocks straight
+    into the result: memory is the result plus one block, never a second full copy."""
+    info = self.tensors[name]
+    if not transpose or len(info.shape) != 2:
+      arr = self.read(name)
+      return arr if arr.dtype == np.float32 else arr.astype(np.float32)
+    rows, cols = info.shape
+    out = np.empty((cols, rows), np.float32)
+    row_bytes = cols * info.dtype.itemsize
+    step = max(1, block_bytes // max(1, row_bytes))
+    with open(self.path, "rb") as f:
+      for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        block = np.empty((r1 - r0, cols), info.dtype)
+        f.seek(self._data_start + info.begin + r0 * row_bytes)
+        if f.readinto(memoryview(block.reshape(-1).view(np.uint8))) != block.nbytes:
+          raise SafetensorsError(f"{self.path}: tensor {name!r} was cut short while reading.")
+        out[:, r0:r1] = block.T
     return out
 
 
