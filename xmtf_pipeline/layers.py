@@ -101,24 +101,28 @@ class Embed(nn.Module):
     return jnp.take(table, inputs.astype(jnp.int32), axis=0)
 
 
-def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
-                             num_buckets: int, max_distance: int) -> np.ndarray:
-  """T5's bucketing of ``memory_position - query_position`` (T5X formula, f32 eps)."""
+def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int,
+                             max_distance: int, xp=np):
+  """T5's bucketing of ``memory_position - query_position`` (T5X formula, f32 eps).
+
+  ``xp`` is numpy for static shapes (computed once at trace time, as T5X does) or
+  jax.numpy when the query position is traced (incremental decoding).
+  """
   ret = 0
   n = -relative_position
   if bidirectional:
     num_buckets //= 2
     ret += (n < 0).astype(np.int32) * num_buckets
-    n = np.abs(n)
+    n = xp.abs(n)
   else:
-    n = np.maximum(n, 0)
+    n = xp.maximum(n, 0)
   max_exact = num_buckets // 2
   is_small = n < max_exact
   val_if_large = max_exact + (
-      np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps)
+      xp.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps)
       / np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
-  val_if_large = np.minimum(val_if_large, num_buckets - 1)
-  return ret + np.where(is_small, n, val_if_large)
+  val_if_large = xp.minimum(val_if_large, num_buckets - 1)
+  return ret + xp.where(is_small, n, val_if_large)
 
 
 class RelativePositionBiases(nn.Module):
@@ -143,28 +147,11 @@ class RelativePositionBiases(nn.Module):
     else:
       # Incremental decoding: the query sits at a traced position.
       rel = jnp.arange(klen)[None, :] - (jnp.arange(qlen)[:, None] + query_offset)
-      buckets = jnp.asarray(_bucket_jnp(rel, bidirectional, self.num_buckets, self.max_distance))
+      buckets = relative_position_bucket(rel, bidirectional, self.num_buckets,
+                                         self.max_distance, xp=jnp)
     # (heads, q, k); a gather equals the one-hot contraction exactly.
     values = jnp.take(table, buckets, axis=1)
     return values[None]
-
-
-def _bucket_jnp(relative_position: Array, bidirectional: bool, num_buckets: int,
-                max_distance: int) -> Array:
-  n = -relative_position
-  ret = 0
-  if bidirectional:
-    num_buckets //= 2
-    ret += (n < 0).astype(jnp.int32) * num_buckets
-    n = jnp.abs(n)
-  else:
-    n = jnp.maximum(n, 0)
-  max_exact = num_buckets // 2
-  val_if_large = max_exact + (
-      jnp.log(n.astype(jnp.float32) / max_exact + np.finfo(np.float32).eps)
-      / np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(jnp.int32)
-  val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
-  return ret + jnp.where(n < max_exact, n, val_if_large)
 
 
 class MlpBlock(nn.Module):
