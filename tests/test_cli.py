@@ -27,6 +27,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "[4/4] validation after 12 steps" in out and "greedy outputs" in out
   assert (tmp_path / "demo" / "checkpoint_12").is_dir()
+  assert (tmp_path / "demo" / "hf" / "config.json").is_file()
+  assert (tmp_path / "demo" / "hf" / "model.safetensors").is_file()
   # The demo refuses to clear a folder it did not make.
   other = tmp_path / "mine"
   other.mkdir()

@@ -114,5 +114,10 @@ def main(model: str = "mt5_tiny", model_dir: str = "runs/demo", steps: int = 400
     print(f"  prompt: {prompt[:90]}")
     print(f"    target: {vocab.decode(ex['targets'].tolist())!r}   "
           f"prediction: {vocab.decode(pred.tolist())!r}")
+  from xmtf_pipeline import hf_export
+  hf_dir = os.path.join(model_dir, "hf")
+  hf_export.export(os.path.join(model_dir, f"checkpoint_{step}"), hf_dir, overwrite=True)
+  print(f"[export] Hugging Face MT5 directory: {hf_dir} ({', '.join(sorted(os.listdir(hf_dir)))})"
+        "; load it with AutoModelForSeq2SeqLM.from_pretrained")
   print(f"demo finished in {time.time() - t0:.0f}s; checkpoints and TensorBoard logs in {model_dir}")
   return 0
