@@ -26,6 +26,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                    "--batch_size", "8"]) == 0
   out = capsys.readouterr().out
   assert "[4/4] validation after 12 steps" in out and "greedy outputs" in out
+  assert "[eval] zero-shot rank classification" in out and "copa" in out.lower()
   assert (tmp_path / "demo" / "checkpoint_12").is_dir()
   assert (tmp_path / "demo" / "hf" / "config.json").is_file()
   assert (tmp_path / "demo" / "hf" / "model.safetensors").is_file()

@@ -208,3 +208,15 @@ def test_every_gin_file_parses_and_binds(gin_file):
                 "@adafactor.Adafactor()", "@schedules.create_learning_rate_scheduler()",
                 "@partitioning.Partitioner()"):
       assert gin_config.evaluate(ref) is not None, ref
+
+
+def test_validation_suite_during_training_feeds_select_checkpoint(tmp_path, capsys):
+  model_dir = tmp_path / "run"
+  assert train_lib.main(_flags(model_dir, steps=5, EVAL_PERIOD=5,
+                               VALIDATION_SUITE='"heldout_copa"',
+                               VALIDATION_MAX_EXAMPLES=4)) == 0
+  assert "validation score" in capsys.readouterr().out
+  stored = list((model_dir / "validation").rglob("checkpoint_5.json"))
+  assert len(stored) == 1
+  assert list((model_dir / "validation").glob("events.out.tfevents.*")) or \
+      list(model_dir.glob("validation/events.out.tfevents.*"))

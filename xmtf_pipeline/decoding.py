@@ -77,41 +77,50 @@ def _log_probs(logits: jax.Array, forbid_pad: bool) -> jax.Array:
   return logp
 
 
-def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> jax.Array:
+def check_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
+  """Raises ValueError for settings that cannot sample (Python values, before tracing)."""
+  if temperature <= 0:
+    raise ValueError(f"temperature must be > 0 for sampling (use greedy for 0), got {temperature}.")
+  if top_k < 0 or not 0.0 < top_p <= 1.0:
+    raise ValueError(f"Need top_k >= 0 and 0 < top_p <= 1, got top_k={top_k}, top_p={top_p}.")
+
+
+def filter_logits(logits: jax.Array, temperature: float | jax.Array = 1.0,
+                  top_k: int | jax.Array = 0, top_p: float | jax.Array = 1.0) -> jax.Array:
   """Logits rescaled by ``temperature`` with everything outside top-k / nucleus top-p masked.
 
   top-k keeps the k largest (ties at the k-th value are kept too); top-p keeps the
   smallest prefix of the sorted distribution whose mass reaches ``top_p`` (the most
   likely token is always kept). ``top_k=0`` and ``top_p=1.0`` disable each filter.
+  All three may be traced values, so one compiled sampler serves every setting.
   """
-  if temperature <= 0:
-    raise ValueError(f"temperature must be > 0 for sampling (use greedy for 0), got {temperature}.")
-  if top_k < 0 or not 0.0 < top_p <= 1.0:
-    raise ValueError(f"Need top_k >= 0 and 0 < top_p <= 1, got top_k={top_k}, top_p={top_p}.")
+  if not isinstance(temperature, jax.core.Tracer) and not isinstance(top_k, jax.core.Tracer):
+    if isinstance(temperature, int | float) and isinstance(top_p, int | float):
+      check_sampling_args(temperature, int(top_k), top_p)
   logits = logits.astype(jnp.float32) / temperature
-  if top_k:
-    kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
-    logits = jnp.where(logits < kth, NEG_INF, logits)
-  if top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    # The smallest kept logit: the last sorted position whose preceding mass is < top_p.
-    keep = mass_before < top_p
-    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < cutoff, NEG_INF, logits)
-  return logits
+  sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+  k = jnp.clip(jnp.asarray(top_k, jnp.int32), 0, logits.shape[-1])
+  kth = jnp.take_along_axis(sorted_logits, jnp.broadcast_to(jnp.maximum(k - 1, 0),
+                                                            logits.shape[:-1] + (1,)), axis=-1)
+  kth = jnp.where(k > 0, kth, -jnp.inf)
+  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  mass_before = jnp.cumsum(probs, axis=-1) - probs
+  # The smallest kept logit: the last sorted position whose preceding mass is < top_p.
+  keep = (mass_before < top_p) | (jnp.arange(logits.shape[-1]) == 0)
+  cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+  cutoff = jnp.where(jnp.asarray(top_p) >= 1.0, -jnp.inf, cutoff)
+  return jnp.where(logits < jnp.maximum(kth, cutoff), NEG_INF, logits)
 
 
 def sample_decode(module: Transformer, params: Any, encoder_input_tokens: jax.Array,
-                  max_length: int, rng: jax.Array, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0, eos_id: int = EOS_ID,
+                  max_length: int, rng: jax.Array, temperature: float | jax.Array = 1.0,
+                  top_k: int | jax.Array = 0, top_p: float | jax.Array = 1.0, eos_id: int = EOS_ID,
                   forbid_pad: bool = False) -> tuple[jax.Array, jax.Array]:
   """Ancestral sampling with the cache: (tokens (batch, max_length), sum log-prob (batch,)).
 
   The returned log-probability is the model's (temperature 1, unfiltered) of the
   sampled tokens up to and including EOS, so samples can be ranked or rescored.
+  ``temperature``, ``top_k`` and ``top_p`` may be traced (jit them as arguments).
   """
   encoded = _encode(module, params, encoder_input_tokens)
   cache = init_cache(module, params, encoded, encoder_input_tokens, max_length)

@@ -114,6 +114,12 @@ def main(model: str = "mt5_tiny", model_dir: str = "runs/demo", steps: int = 400
     print(f"  prompt: {prompt[:90]}")
     print(f"    target: {vocab.decode(ex['targets'].tolist())!r}   "
           f"prediction: {vocab.decode(pred.tolist())!r}")
+  from xmtf_pipeline import evaluation
+  t_eval = time.time()
+  table = evaluation.run_suite(em, trained, vocab, datasets=("copa", "cb", "rte", "winogrande"))
+  print("[eval] zero-shot rank classification on the bundled real validation rows (5 prompts "
+        f"each; a tiny model is near chance, as expected), {time.time() - t_eval:.0f}s:")
+  print(table)
   from xmtf_pipeline import hf_export
   hf_dir = os.path.join(model_dir, "hf")
   hf_export.export(os.path.join(model_dir, f"checkpoint_{step}"), hf_dir, overwrite=True)

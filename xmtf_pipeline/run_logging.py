@@ -86,6 +86,14 @@ class RunLogger:
     tqdm.write(f"step {step}: train_eval loss {metrics['loss']:.4f}  "
                f"accuracy {metrics['accuracy']:.4f}")
 
+  def write_validation(self, step: int, score: float) -> None:
+    """Rank-classification validation score (median accuracy over the suite's prompts)."""
+    if not self._is_chief:
+      return
+    self._writer("validation").write_scalars(step, {"score": score})
+    self._writer("validation").flush()
+    tqdm.write(f"step {step}: validation score {score:.4f}")
+
   def close(self) -> None:
     self._bar.close()
     for w in self._writers.values():

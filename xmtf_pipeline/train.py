@@ -100,8 +100,15 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
           train_eval_dataset_cfg: input_pipeline.DatasetConfig | None = None,
           eval_period: int = 1000, eval_steps: int = 20, random_seed: int | None = None,
           num_microbatches: int = 1, log_period: int = 100,
-          partitioner: Partitioner | None = None, progress_bar: bool = True) -> TrainResult:
-  """Trains until the global step reaches ``total_steps`` (absolute, as in T5X)."""
+          partitioner: Partitioner | None = None, progress_bar: bool = True,
+          validation_suite: str | None = None,
+          validation_max_examples: int | None = None,
+          validation_data_dir: str | None = None) -> TrainResult:
+  """Trains until the global step reaches ``total_steps`` (absolute, as in T5X).
+
+  With ``validation_suite``, rank-classification validation runs every ``eval_period``
+  steps on the live parameters and is stored where ``xmtf select-checkpoint`` reads it.
+  """
   partitioner = partitioner or Partitioner()
   mesh = partitioner.mesh()
   shard_id, num_shards = partitioner.data_layout()
@@ -134,6 +141,8 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
   eval_fn = None
   if train_eval_dataset_cfg is not None:
     eval_fn = trainer.jit_eval_step(model, partitioner, mesh, shardings["target"])
+  validate = _validation_hook(model, model_dir, train_dataset_cfg, validation_suite,
+                              validation_max_examples, validation_data_dir)
   first_loss = last_loss = None
   eval_metrics: dict[str, float] = {}
   preempted = False
@@ -159,6 +168,8 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
               eval_fn, state.params, train_eval_dataset_cfg, eval_steps, shard_id, num_shards,
               shard=lambda b: partitioner.shard_batch(mesh, b))
           logger.write_eval(step, eval_metrics)
+        if validate is not None and eval_period and step % eval_period == 0:
+          logger.write_validation(step, validate(jax.device_get(state.params), step))
         if step % checkpoint_cfg.save_period == 0 or step == total_steps or preemption.requested:
           _flush(logger, step, require_finite_only=True)
           ckpt.save(step, state.state_dict(), data_state)
@@ -180,6 +191,21 @@ def _flush(logger: RunLogger, step: int, require_finite_only: bool = False) -> d
         f"Loss became NaN/Inf at or before step {step}; stopping without saving. The last good "
         "checkpoint is intact: lower the learning rate, check the data, or use bf16 not fp16.")
   return summary
+
+
+def _validation_hook(model, model_dir, train_cfg, suite, max_examples, data_dir):
+  """None, or ``fn(params, step)``; data from ``data_dir``, else the bundled real rows."""
+  if not suite:
+    return None
+  if jax.process_count() > 1:
+    raise TrainError("VALIDATION_SUITE runs on one process only; run `xmtf select-checkpoint` "
+                     "after training on multi-host runs.")
+  from tasks import heldout
+  from xmtf_pipeline import checkpoint_selection
+  vocab = input_pipeline.get_task(train_cfg).output_features["targets"].vocabulary
+  return checkpoint_selection.validation_hook(model_dir, suite, model, vocab,
+                                              data_dir=data_dir or str(heldout.BUNDLED_DIR),
+                                              max_examples=max_examples)
 
 
 def _check_divisible(cfg: input_pipeline.DatasetConfig, data_parallel: int,
