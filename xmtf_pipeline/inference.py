@@ -166,7 +166,8 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
           decoding_method: str = "greedy", beam_size: int = 4, alpha: float = 0.6,
           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
           max_examples: int | None = None, inputs_add_eos: bool = True,
-          truncate_side: str = "right", params: Any = None) -> str:
+          truncate_side: str = "right", params: Any = None,
+          metrics: Sequence[str] = ()) -> str:
   """The gin-configured body of ``xmtf infer``; returns the written file's path."""
   if mode not in MODES:
     raise InferError(f"INFER_MODE must be one of {MODES}, got {mode!r}.")
@@ -188,6 +189,11 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
       raise InferError(f"Task {task_name!r} has no 'targets' feature to score.")
   evaluation.check_vocabulary(vocab, model.config)
   predictor = None
+  if metrics:
+    from xmtf_pipeline import generation_metrics
+    if mode != "predict" or any("targets" not in r for r in rows):
+      raise InferError("METRICS need INFER_MODE='predict' and a 'targets' string in every row.")
+    generation_metrics.compute(metrics, ["x"], ["x"])  # unknown names fail before any work
   if mode == "predict":  # validate decoding settings before loading the checkpoint
     predictor = Predictor(model, None, lengths["targets"], decoding_method, beam_size, alpha,
                           temperature, top_k, top_p, seed)
@@ -207,6 +213,12 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
   with open(path, "w", encoding="utf-8") as f:
     for out in outputs:
       f.write(json.dumps(out, ensure_ascii=False) + "\n")
+  if metrics:
+    scores = generation_metrics.compute(metrics, [o["targets"] for o in outputs],
+                                        [o["prediction"] for o in outputs])
+    with open(os.path.join(output_dir, f"{name}-metrics.json"), "w") as f:
+      json.dump(scores, f, indent=2)
+    print("metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
   print(f"{mode}: {len(outputs)} rows in {time.time() - t0:.1f}s -> {path}"
         + (f" ({counts.inputs} inputs and {counts.targets} targets truncated to "
            f"{lengths['inputs']}/{lengths['targets']} tokens)" if counts.inputs + counts.targets
