@@ -5,26 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from eval_testlib import random_params as _random_params
 from hf_reference import load_hf_model
 
 from xmtf_pipeline import params as params_lib
 from xmtf_pipeline.network import Transformer
-
-
-def _random_params(config, seed=0):
-  """Our init, with norm scales and relpos tables made non-trivial so that a
-  mis-mapped or un-transposed tensor cannot go unnoticed."""
-  tree = params_lib.init_params(config, jax.random.PRNGKey(seed))
-  rng = np.random.default_rng(seed)
-  flat = {}
-  for path, v in params_lib.flatten(tree).items():
-    v = np.asarray(v)
-    if path.endswith("/scale"):
-      v = 1.0 + 0.2 * rng.standard_normal(v.shape).astype(np.float32)
-    elif path.endswith("rel_embedding"):
-      v = rng.standard_normal(v.shape).astype(np.float32)
-    flat[path] = jnp.asarray(v)
-  return params_lib.unflatten(flat)
 
 
 def _shift_right(targets):
