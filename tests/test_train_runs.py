@@ -190,7 +190,8 @@ def test_every_gin_file_parses_and_binds(gin_file):
   required = {
       "DROPOUT_RATE": "0.0", "MODEL_DIR": "'/tmp/x'", "MIXTURE_OR_TASK_NAME": "'synthetic_copy'",
       "TASK_FEATURE_LENGTHS": "{'inputs': 8, 'targets': 8}", "TRAIN_STEPS": "10",
-      "INITIAL_CHECKPOINT_PATH": "None"}
+      "INITIAL_CHECKPOINT_PATH": "None", "CHECKPOINT_PATH": "'/tmp/ckpt'",
+      "EVAL_OUTPUT_DIR": "'/tmp/eval'", "INFER_OUTPUT_DIR": "'/tmp/infer'"}
   if gin_file.startswith("models/"):
     files, needed = [gin_file], ["DROPOUT_RATE"]
   elif gin_file.startswith("mt0/"):  # complete recipes: only MODEL_DIR is left to the user
@@ -202,7 +203,9 @@ def test_every_gin_file_parses_and_binds(gin_file):
   gin_config.check_required_macros()
   config = gin_config.evaluate("%MODEL_CONFIG")
   assert config.vocab_size > 0
-  if not gin_file.startswith("models/"):
+  if gin_file in ("runs/eval.gin", "runs/infer.gin"):
+    assert gin_config.evaluate("@models.EncoderDecoderModel()") is not None
+  elif not gin_file.startswith("models/"):
     for ref in ("@models.EncoderDecoderModel()", "@train/input_pipeline.DatasetConfig()",
                 "@train_eval/input_pipeline.DatasetConfig()", "@checkpoints.CheckpointConfig()",
                 "@adafactor.Adafactor()", "@schedules.create_learning_rate_scheduler()",
