@@ -51,7 +51,8 @@ class TrainResult:
 def _check_model_dir(model_dir: str) -> None:
   try:
     os.makedirs(model_dir, exist_ok=True)
-    probe = os.path.join(model_dir, ".write_test")
+    # One probe per process: hosts sharing MODEL_DIR must not remove each other's.
+    probe = os.path.join(model_dir, f".write_test.{jax.process_index()}.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
