@@ -180,7 +180,10 @@ def test_initial_checkpoint_continues_its_step(tmp_path, capsys):
   assert int(state["step"]) == 8
 
 
-GIN_FILES = sorted(p.relative_to(REPO / "gin").as_posix() for p in (REPO / "gin").rglob("*.gin"))
+# gin/t5x/ is for upstream T5X (it includes upstream files absent here); tests/test_t5x_gin.py
+# checks those files against the upstream names instead.
+GIN_FILES = sorted(p.relative_to(REPO / "gin").as_posix() for p in (REPO / "gin").rglob("*.gin")
+                   if p.parent != REPO / "gin" / "t5x")
 
 
 @pytest.mark.parametrize("gin_file", GIN_FILES)
