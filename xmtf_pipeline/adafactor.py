@@ -9,11 +9,19 @@ rank <= 2 without a BATCH axis (every mT5 parameter; T5X logs a warning and fall
 back), so the shape heuristic applies: factor when the second-largest dimension is
 >= ``min_dim_size_to_factor``; ``v_row`` averages out the largest dimension and
 ``v_col`` the second largest.
+
+Scanned layers stack each layer's parameter along a leading ``layers`` axis, which
+is a BATCH axis here as in T5X: the parameter scale, the factoring heuristic, the
+row means and the update clipping are all computed within each layer's slice, so a
+stacked parameter's update equals the per-layer updates exactly. (T5X's own scanned
+models factor by logical rules instead, which differ from the heuristic on square
+kernels; keeping the heuristic keeps scanned and unscanned training identical.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -22,6 +30,15 @@ import numpy as np
 
 PyTree = Any
 SLOTS = ("v_row", "v_col", "v", "m")
+LAYERS_AXIS = "layers"  # axes.LAYERS; not imported so the optimizer stays model-free
+
+
+def _path_str(key_path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
+
+
+def _map_with_path(fn, tree: PyTree) -> PyTree:
+  return jax.tree_util.tree_map_with_path(lambda kp, x: fn(_path_str(kp), x), tree)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,21 +59,41 @@ class Adafactor:
   epsilon2: float = 1e-3
   max_parameter_scale: float | None = None
   skip_nan_updates: bool = False
+  # Leading stacked-layer axes per parameter path (see ``for_logical_axes``); not a
+  # hyper-parameter, derived from the model.
+  batch_dims: Mapping[str, int] | None = dataclasses.field(default=None, compare=False)
 
-  def factored_dims(self, shape: tuple[int, ...]) -> tuple[int, int] | None:
-    """(d1, d0): the second-largest and largest axes, or None if not factored."""
-    if not self.factored or len(shape) < 2:
+  def for_logical_axes(self, logical_axes: Mapping[str, tuple[str | None, ...]]) -> Adafactor:
+    """A copy that treats each parameter's leading ``layers`` axes as batch axes."""
+    batch = {}
+    for path, names in logical_axes.items():
+      n = 0
+      while n < len(names) and names[n] == LAYERS_AXIS:
+        n += 1
+      if LAYERS_AXIS in names[n:]:
+        raise ValueError(f"{path}: the '{LAYERS_AXIS}' axis must lead, got axes {names}.")
+      if n:
+        batch[path] = n
+    return dataclasses.replace(self, batch_dims=batch or None)
+
+  def factored_dims(self, shape: tuple[int, ...], num_batch: int = 0) -> tuple[int, int] | None:
+    """(d1, d0): the second-largest and largest non-batch axes, or None if not factored."""
+    inner = shape[num_batch:]
+    if not self.factored or len(inner) < 2:
       return None
-    if len(shape) > 2:
+    if len(inner) > 2:
       raise ValueError(f"Parameters of rank > 2 need an explicit factor rule; got shape {shape}.")
-    order = np.argsort(shape)  # stable: a square kernel factors axis 0 as rows
-    if shape[order[-2]] < self.min_dim_size_to_factor:
+    order = np.argsort(inner)  # stable: a square kernel factors its first axis as rows
+    if inner[order[-2]] < self.min_dim_size_to_factor:
       return None
-    return int(order[-2]), int(order[-1])
+    return int(order[-2]) + num_batch, int(order[-1]) + num_batch
 
-  def init_param_state(self, param: jax.Array) -> dict[str, jax.Array]:
+  def _num_batch(self, path: str) -> int:
+    return (self.batch_dims or {}).get(path, 0)
+
+  def init_param_state(self, param: jax.Array, num_batch: int = 0) -> dict[str, jax.Array]:
     state = {k: jnp.zeros((1,), jnp.float32) for k in SLOTS}
-    dims = self.factored_dims(param.shape)
+    dims = self.factored_dims(param.shape, num_batch)
     if dims is not None:
       d1, d0 = dims
       state["v_row"] = jnp.zeros(np.delete(param.shape, d0), jnp.float32)
@@ -69,7 +106,8 @@ class Adafactor:
 
   def init(self, params: PyTree) -> dict[str, Any]:
     """``{'step': int32 0, 'param_states': tree of slot dicts}``."""
-    param_states = jax.tree_util.tree_map(self.init_param_state, params)
+    param_states = _map_with_path(lambda path, p: self.init_param_state(p, self._num_batch(path)),
+                                  params)
     return {"step": jnp.zeros((), jnp.int32), "param_states": param_states}
 
   def decay(self, step: jax.Array) -> jax.Array:
@@ -78,25 +116,31 @@ class Adafactor:
     return 1.0 - t ** (-self.decay_rate)
 
   def update_param(self, step: jax.Array, lr: jax.Array, param: jax.Array,
-                   state: dict[str, jax.Array], grad: jax.Array):
+                   state: dict[str, jax.Array], grad: jax.Array, num_batch: int = 0):
+    # Means over the non-batch axes, kept as size-1 axes (scalars when num_batch == 0).
+    inner = tuple(range(num_batch, param.ndim))
+
+    def mean(x, axis=inner):
+      return jnp.mean(x, axis=axis, keepdims=True)
+
     grad = grad.astype(jnp.float32)
     new_state = {k: jnp.zeros((1,), jnp.float32) for k in SLOTS}
     decay_rate = self.decay(step)
     mixing_rate = 1.0 - decay_rate
     update_scale = lr
     if self.multiply_by_parameter_scale:
-      param_scale = jnp.maximum(jnp.sqrt(jnp.mean(param * param)), self.epsilon2)
+      param_scale = jnp.maximum(jnp.sqrt(mean(param * param)), self.epsilon2)
       if self.max_parameter_scale is not None:
         param_scale = jnp.minimum(param_scale, self.max_parameter_scale)
       update_scale = update_scale * param_scale
     grad_sqr = grad * grad + self.epsilon1
-    dims = self.factored_dims(param.shape)
+    dims = self.factored_dims(param.shape, num_batch)
     if dims is not None:
       d1, d0 = dims
       v_row = decay_rate * state["v_row"] + mixing_rate * jnp.mean(grad_sqr, axis=d0)
       v_col = decay_rate * state["v_col"] + mixing_rate * jnp.mean(grad_sqr, axis=d1)
       new_state["v_row"], new_state["v_col"] = v_row, v_col
-      row_factor = (v_row / jnp.mean(v_row, keepdims=True)) ** -0.5
+      row_factor = (v_row / mean(v_row, tuple(range(num_batch, v_row.ndim)))) ** -0.5
       col_factor = v_col ** -0.5
       y = grad * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1)
     else:
@@ -104,7 +148,7 @@ class Adafactor:
       new_state["v"] = v
       y = grad * v ** -0.5
     if self.clipping_threshold is not None:
-      y = y / jnp.maximum(1.0, jnp.sqrt(jnp.mean(y * y)) / self.clipping_threshold)
+      y = y / jnp.maximum(1.0, jnp.sqrt(mean(y * y)) / self.clipping_threshold)
     subtrahend = update_scale * y
     if self.beta1 is not None:
       m = self.beta1 * state["m"] + (1.0 - self.beta1) * subtrahend
@@ -123,11 +167,11 @@ class Adafactor:
                      lr: jax.Array) -> tuple[PyTree, dict[str, Any]]:
     """One update of every parameter; ``step`` increments after all of them."""
     step = opt_state["step"]
-    leaves, treedef = jax.tree_util.tree_flatten(params)
+    path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     grad_leaves = treedef.flatten_up_to(grads)
     state_leaves = treedef.flatten_up_to(opt_state["param_states"])
-    out = [self.update_param(step, lr, p, s, g)
-           for p, s, g in zip(leaves, state_leaves, grad_leaves)]
+    out = [self.update_param(step, lr, p, s, g, self._num_batch(_path_str(kp)))
+           for (kp, p), s, g in zip(path_leaves, state_leaves, grad_leaves)]
     new_params = treedef.unflatten([o[0] for o in out])
     new_states = treedef.unflatten([o[1] for o in out])
     return new_params, {"step": step + 1, "param_states": new_states}

@@ -20,9 +20,11 @@ JOINED_KV = "joined_kv"
 VOCAB = "vocab"
 RELPOS_BUCKETS = "relpos_buckets"
 MLP_ACTIVATIONS = "mlp_activations"
+# The stacked axis of scanned layers (T5Config.scan_layers); Adafactor treats it as a batch axis.
+LAYERS = "layers"
 
 LOGICAL_AXES = (BATCH, LENGTH, EMBED, MLP, HEADS, KV, JOINED_KV, VOCAB,
-                RELPOS_BUCKETS, MLP_ACTIVATIONS)
+                RELPOS_BUCKETS, MLP_ACTIVATIONS, LAYERS)
 
 # Physical mesh axes.
 DATA = "data"
@@ -61,7 +63,7 @@ def standard_logical_axis_rules(activation_partitioning_dims: int = 1,
       (RELPOS_BUCKETS, None),
       ("abspos_buckets", None),
       (LENGTH, None),
-      ("layers", None),
+      (LAYERS, None),
       ("stack", None),
       (MLP_ACTIVATIONS, None),
   ]

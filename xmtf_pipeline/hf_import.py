@@ -296,7 +296,7 @@ def restore_state(path: str, config: T5Config, target: Any) -> dict[str, Any]:
   import jax
   import jax.numpy as jnp
 
-  from xmtf_pipeline.t5x_import import place_like
+  from xmtf_pipeline.t5x_import import is_placed, place_like
 
   source = f"INITIAL_CHECKPOINT_PATH {path}"
   hf_config = t5_config_from_hf(read_config(path), os.path.join(path, "config.json"))
@@ -305,7 +305,7 @@ def restore_state(path: str, config: T5Config, target: Any) -> dict[str, Any]:
   flat = {p: place_like(v, want[p], p) for p, v in iter_params(path, hf_config)}
 
   def zeros(like):
-    if isinstance(like, jax.Array):
+    if is_placed(like):
       return jnp.zeros(like.shape, like.dtype, device=like.sharding)
     return np.zeros(np.shape(like), np.asarray(like).dtype)
 

@@ -69,6 +69,9 @@ class DenseGeneral(nn.Module):
   kernel_axes: tuple[str, str] = ()
   dtype: DType = jnp.float32
   kernel_init: Initializer = default_kernel_init
+  # The matmul's output type (None: ``dtype``); float32 with bfloat16 inputs accumulates
+  # and returns float32 (the LM head's bf16 option).
+  out_dtype: DType | None = None
 
   @nn.compact
   def __call__(self, inputs: Array) -> Array:
@@ -80,7 +83,18 @@ class DenseGeneral(nn.Module):
     kernel = jnp.asarray(kernel, self.dtype).reshape(in_shape + features)
     inputs = jnp.asarray(inputs, self.dtype)
     contract = (axis, tuple(range(len(axis))))
-    return jax.lax.dot_general(inputs, kernel, (contract, ((), ())))
+    return jax.lax.dot_general(inputs, kernel, (contract, ((), ())),
+                               preferred_element_type=self.out_dtype)
+
+
+def head_logits(hidden: Array, kernel: Array, dtype: DType) -> Array:
+  """The LM head exactly as ``DenseGeneral(dtype=dtype, out_dtype=float32)`` computes it.
+
+  Shared by the network and the chunked loss, so both paths give the same logits.
+  """
+  return jax.lax.dot_general(jnp.asarray(hidden, dtype), jnp.asarray(kernel, dtype),
+                             (((hidden.ndim - 1,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
 
 
 class Embed(nn.Module):
@@ -207,6 +221,11 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   dtype: DType = jnp.float32
   float32_logits: bool = False
+  # "einsum": T5X's ops. "dot_product_attention": jax.nn.dot_product_attention (XLA);
+  # "cudnn": the same with cuDNN's fused (flash) kernel. Both fused forms run where no
+  # attention dropout is active and outside incremental decoding (T5X's dropout mask,
+  # shared by all queries, has no fused equivalent); elsewhere the einsum path runs.
+  implementation: str = "einsum"
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None,
@@ -227,6 +246,23 @@ class MultiHeadAttention(nn.Module):
     if decode:
       key, value, mask = self._update_cache(key, value, mask)
 
+    dropout = not deterministic and self.dropout_rate > 0.0
+    if self.implementation != "einsum" and not dropout and not decode:
+      # The mask and the (1, heads, q, k) position bias go in separately: folding a
+      # per-example mask into the bias would make the bias batch-sized (and its gradient
+      # a batch reduction some fused kernels skip); tests check the bias gradient.
+      out = jax.nn.dot_product_attention(
+          query, key, value, bias=None if bias is None else bias.astype(query.dtype),
+          mask=mask, scale=1.0,
+          implementation="cudnn" if self.implementation == "cudnn" else None)
+    else:
+      out = self._einsum_attention(query, key, value, mask, bias, dropout)
+    out = constrain(out, head_axes)
+    return DenseGeneral(inputs_q.shape[-1], axis=(-2, -1), kernel_axes=(axes.JOINED_KV, axes.EMBED),
+                        dtype=self.dtype, name="out")(out)
+
+  def _einsum_attention(self, query: Array, key: Array, value: Array, mask: Array | None,
+                        bias: Array | None, dropout: bool) -> Array:
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)
     if self.float32_logits:
       logits = logits.astype(jnp.float32)
@@ -235,16 +271,13 @@ class MultiHeadAttention(nn.Module):
     if bias is not None:
       logits = logits + bias.astype(logits.dtype)
     weights = jax.nn.softmax(logits).astype(self.dtype)
-    if not deterministic and self.dropout_rate > 0.0:
+    if dropout:
       keep_prob = 1.0 - self.dropout_rate
       # One mask per (example, head, key), shared by all queries (T5X).
       shape = weights.shape[:-2] + (1,) + weights.shape[-1:]
       keep = jax.random.bernoulli(self.make_rng("dropout"), keep_prob, shape)
       weights = weights * (keep.astype(self.dtype) / jnp.asarray(keep_prob, self.dtype))
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
-    out = constrain(out, head_axes)
-    return DenseGeneral(inputs_q.shape[-1], axis=(-2, -1), kernel_axes=(axes.JOINED_KV, axes.EMBED),
-                        dtype=self.dtype, name="out")(out)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
 
   def _update_cache(self, key: Array, value: Array, mask: Array | None):
     """Writes this step's key/value at ``cache_index`` and masks unwritten slots."""

@@ -7,7 +7,7 @@ Token losses are cross-entropy plus z-loss, multiplied by loss weights and summe
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -56,13 +56,9 @@ def cross_entropy_with_logits(logits: Array, targets: Array, z_loss: float) -> t
   return loss + total_z_loss, total_z_loss
 
 
-def compute_weighted_cross_entropy(logits: Array, targets: Array, weights: Array | None,
-                                   label_smoothing: float = 0.0, z_loss: float = 0.0,
-                                   loss_normalizing_factor: Array | float | None = None
-                                   ) -> tuple[Array, Array, Array]:
-  """(summed loss, summed z-loss, weight sum), each divided by the factor if given."""
-  if logits.ndim != targets.ndim + 1:
-    raise ValueError(f"Incorrect shapes: logits {logits.shape}, targets {targets.shape}.")
+def token_cross_entropy(logits: Array, targets: Array, label_smoothing: float = 0.0,
+                        z_loss: float = 0.0) -> tuple[Array, Array]:
+  """Per-token (loss incl. z-loss, z-loss) with T5X's label smoothing and its constant."""
   vocab_size = logits.shape[-1]
   confidence = 1.0 - label_smoothing
   low_confidence = (1.0 - confidence) / (vocab_size - 1)
@@ -70,17 +66,68 @@ def compute_weighted_cross_entropy(logits: Array, targets: Array, weights: Array
                            + (vocab_size - 1) * low_confidence * np.log(low_confidence + 1e-20))
   soft_targets = jax.nn.one_hot(targets, vocab_size, dtype=jnp.float32)
   soft_targets = soft_targets * (confidence - low_confidence) + low_confidence
-  total_loss, total_z_loss = cross_entropy_with_logits(logits.astype(jnp.float32), soft_targets,
-                                                       z_loss)
-  total_loss = total_loss - normalizing_constant
-  weight_sum = np.prod(targets.shape) if weights is None else jnp.sum(weights)
+  loss, z = cross_entropy_with_logits(logits.astype(jnp.float32), soft_targets, z_loss)
+  return loss - normalizing_constant, z
+
+
+def _weighted_sums(loss: Array, z: Array, weights: Array | None,
+                   loss_normalizing_factor: Array | float | None) -> tuple[Array, Array]:
   if weights is not None:
-    total_loss = total_loss * weights
-    total_z_loss = total_z_loss * weights
+    loss, z = loss * weights, z * weights
   if loss_normalizing_factor is not None:
-    total_loss = total_loss / loss_normalizing_factor
-    total_z_loss = total_z_loss / loss_normalizing_factor
-  return jnp.sum(total_loss), jnp.sum(total_z_loss), weight_sum
+    loss, z = loss / loss_normalizing_factor, z / loss_normalizing_factor
+  return jnp.sum(loss), jnp.sum(z)
+
+
+def compute_weighted_cross_entropy(logits: Array, targets: Array, weights: Array | None,
+                                   label_smoothing: float = 0.0, z_loss: float = 0.0,
+                                   loss_normalizing_factor: Array | float | None = None
+                                   ) -> tuple[Array, Array, Array]:
+  """(summed loss, summed z-loss, weight sum), each divided by the factor if given."""
+  if logits.ndim != targets.ndim + 1:
+    raise ValueError(f"Incorrect shapes: logits {logits.shape}, targets {targets.shape}.")
+  loss, z = token_cross_entropy(logits, targets, label_smoothing, z_loss)
+  weight_sum = np.prod(targets.shape) if weights is None else jnp.sum(weights)
+  return (*_weighted_sums(loss, z, weights, loss_normalizing_factor), weight_sum)
+
+
+def chunked_weighted_cross_entropy(head: Callable[[Array], Array], hidden: Array, targets: Array,
+                                   weights: Array | None, chunk_length: int,
+                                   label_smoothing: float = 0.0, z_loss: float = 0.0,
+                                   loss_normalizing_factor: Array | float | None = None
+                                   ) -> tuple[Array, Array, Array]:
+  """``compute_weighted_cross_entropy(head(hidden), ...)`` without the full logits.
+
+  ``head`` maps (batch, n, emb) hidden states to float32 (batch, n, vocab) logits.
+  A scan over ``chunk_length`` target positions computes each chunk's logits, its
+  per-token losses and argmax; ``jax.checkpoint`` makes the backward pass recompute
+  the chunk's logits instead of storing them, so peak memory holds one chunk's
+  logits. Per-token values are the plain path's and are summed in the same order.
+  Returns (summed loss, summed z-loss, argmax token ids).
+  """
+  batch, length = targets.shape
+  n = -(-length // chunk_length)
+  pad = n * chunk_length - length
+  if pad:  # padded positions are cut off again before the sums
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+
+  def chunks(x):  # (batch, n * c, ...) -> (n, batch, c, ...)
+    return jnp.moveaxis(x.reshape((batch, n, chunk_length) + x.shape[2:]), 1, 0)
+
+  def unchunk(x):  # (n, batch, c) -> (batch, length)
+    return jnp.moveaxis(x, 0, 1).reshape(batch, n * chunk_length)[:, :length]
+
+  @jax.checkpoint
+  def body(_, xs):
+    h, t = xs
+    logits = head(h)
+    loss, z = token_cross_entropy(logits, t, label_smoothing, z_loss)
+    return None, (loss, z, jnp.argmax(logits, axis=-1))
+
+  _, (loss, z, argmax) = jax.lax.scan(body, None, (chunks(hidden), chunks(targets)))
+  return (*_weighted_sums(unchunk(loss), unchunk(z), weights, loss_normalizing_factor),
+          unchunk(argmax))
 
 
 def sum_weights_per_segment(segment_ids: Array, weights: Array) -> Array:

@@ -8,13 +8,14 @@ EncDecFeatureConverter features (``encoder_input_tokens``, ``decoder_input_token
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from xmtf_pipeline import losses
+from xmtf_pipeline import layers, losses
 from xmtf_pipeline.network import T5Config, Transformer
 
 Array = jax.Array
@@ -27,19 +28,29 @@ class EncoderDecoderModel:
   """mT5 with T5X's loss: cross-entropy + z-loss, label smoothing, a normalizing factor."""
 
   def __init__(self, config: T5Config, z_loss: float = 1e-4, label_smoothing: float = 0.0,
-               loss_normalizing_factor: losses.NormalizingFactor = None):
+               loss_normalizing_factor: losses.NormalizingFactor = None,
+               loss_chunk_length: int = 0):
+    """``loss_chunk_length`` > 0 computes the LM head and the loss that many target
+    positions at a time (rematerialised in the backward pass), so the full float32
+    (batch, length, vocab) logits never exist; the loss is the same."""
     self.config = config
     self.module = Transformer(config)
     self.z_loss = z_loss
     self.label_smoothing = label_smoothing
     self.loss_normalizing_factor = losses.parse_normalizing_factor(loss_normalizing_factor)
+    if not isinstance(loss_chunk_length, int) or loss_chunk_length < 0:
+      raise ValueError(f"loss_chunk_length must be an int >= 0 (0 = off), got "
+                       f"{loss_chunk_length!r}.")
+    self.loss_chunk_length = loss_chunk_length
 
-  def logits(self, params: Any, batch: Batch, dropout_rng: Array | None = None) -> Array:
+  def logits(self, params: Any, batch: Batch, dropout_rng: Array | None = None,
+             return_hidden: bool = False) -> Array:
     packing = {k: batch[k] for k in PACKING_FEATURES if batch.get(k) is not None}
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return self.module.apply({"params": params}, batch["encoder_input_tokens"],
                              batch["decoder_input_tokens"], batch["decoder_target_tokens"],
-                             enable_dropout=dropout_rng is not None, rngs=rngs, **packing)
+                             enable_dropout=dropout_rng is not None, rngs=rngs,
+                             return_hidden=return_hidden, **packing)
 
   def normalizer_and_weights(self, batch: Batch):
     """The divisor and per-token weights for the whole (global) batch."""
@@ -51,15 +62,25 @@ class EncoderDecoderModel:
 
     Returns the loss and summed statistics (additive across microbatches).
     """
-    logits = self.logits(params, batch, dropout_rng)
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights")
-    loss, z_loss, _ = losses.compute_weighted_cross_entropy(
-        logits, targets, weights, self.label_smoothing, self.z_loss, normalizer)
     real = jnp.asarray(targets > 0, jnp.float32)
     if weights is not None:
       real = real * jnp.asarray(weights > 0, jnp.float32)
-    correct = jnp.asarray(jnp.argmax(logits, axis=-1) == targets, jnp.float32) * real
+    if self.loss_chunk_length:
+      hidden = self.logits(params, batch, dropout_rng, return_hidden=True)
+      kernel = params["decoder"]["logits_dense"]["kernel"]
+      loss, z_loss, argmax = losses.chunked_weighted_cross_entropy(
+          functools.partial(layers.head_logits, kernel=kernel,
+                            dtype=jnp.dtype(self.config.head_dtype)),
+          hidden, targets, weights, self.loss_chunk_length, self.label_smoothing, self.z_loss,
+          normalizer)
+    else:
+      logits = self.logits(params, batch, dropout_rng)
+      loss, z_loss, _ = losses.compute_weighted_cross_entropy(
+          logits, targets, weights, self.label_smoothing, self.z_loss, normalizer)
+      argmax = jnp.argmax(logits, axis=-1)
+    correct = jnp.asarray(argmax == targets, jnp.float32) * real
     stats = {
         "loss": loss,
         "z_loss": z_loss,

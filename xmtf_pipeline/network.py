@@ -16,6 +16,14 @@ import jax.numpy as jnp
 from xmtf_pipeline import axes, layers
 
 Array = jax.Array
+ATTENTION_IMPLS = ("einsum", "dot_product_attention", "cudnn")
+# What a rematerialised layer keeps for the backward pass (None: no remat).
+REMAT = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +42,11 @@ class T5Config:
   relpos_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
   float32_attention_logits: bool = False
+  # Speed options; the defaults are T5X's numerics and parameter layout.
+  head_dtype: str = "float32"  # LM-head matmul inputs; "bfloat16" still accumulates in f32
+  attention_impl: str = "einsum"  # or "dot_product_attention", "cudnn" (layers.MultiHeadAttention)
+  scan_layers: bool = False  # one nn.scan over stacked layers (params gain a leading 'layers' axis)
+  remat_policy: str = "none"  # per-layer rematerialisation: none | full | dots | dots_no_batch
 
   def __post_init__(self):
     for field in ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers",
@@ -45,6 +58,11 @@ class T5Config:
       raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"T5Config.dtype must be float32 or bfloat16, got {self.dtype!r}.")
+    for field, allowed in (("head_dtype", ("float32", "bfloat16")),
+                           ("attention_impl", ATTENTION_IMPLS), ("remat_policy", tuple(REMAT))):
+      if getattr(self, field) not in allowed:
+        raise ValueError(f"T5Config.{field} must be one of {', '.join(allowed)}; "
+                         f"got {getattr(self, field)!r}.")
 
   @property
   def compute_dtype(self) -> Any:
@@ -61,62 +79,69 @@ def _dropout(rate: float, x: Array, deterministic: bool, broadcast: bool = True)
 
 class EncoderLayer(nn.Module):
   config: T5Config
-  relative_embedding: nn.Module
+  scanned: bool = False  # under nn.scan: returns (carry, None)
 
   @nn.compact
-  def __call__(self, inputs: Array, mask: Array | None, deterministic: bool) -> Array:
+  def __call__(self, inputs: Array, mask: Array | None, bias: Array, deterministic: bool):
     cfg = self.config
     dt = cfg.compute_dtype
-    length = inputs.shape[-2]
-    bias = self.relative_embedding(length, length, bidirectional=True)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_attention_layer_norm")(inputs)
-    x = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt,
-                                  cfg.float32_attention_logits, name="attention")(
-                                      x, x, mask, bias, deterministic)
+    x = _attention(cfg, "attention")(x, x, mask, bias, deterministic)
     x = _dropout(cfg.dropout_rate, x, deterministic) + inputs
     y = layers.RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(x)
     y = layers.MlpBlock(cfg.mlp_dim, cfg.dropout_rate, dt, name="mlp")(y, deterministic)
     y = _dropout(cfg.dropout_rate, y, deterministic) + x
-    return layers.constrain(y, (axes.BATCH, axes.LENGTH, axes.EMBED))
+    y = layers.constrain(y, (axes.BATCH, axes.LENGTH, axes.EMBED))
+    return (y, None) if self.scanned else y
 
 
 class DecoderLayer(nn.Module):
   config: T5Config
-  relative_embedding: nn.Module
+  scanned: bool = False
 
   @nn.compact
   def __call__(self, inputs: Array, encoded: Array, self_mask: Array | None,
-               cross_mask: Array | None, deterministic: bool, decode: bool = False,
-               decode_position: Array | None = None) -> Array:
+               cross_mask: Array | None, bias: Array, deterministic: bool, decode: bool = False):
     cfg = self.config
     dt = cfg.compute_dtype
-    if decode and decode_position is not None:
-      max_len = self._cache_length(inputs)
-      bias = self.relative_embedding(1, max_len, bidirectional=False,
-                                     query_offset=decode_position)
-    else:  # full sequence, or the call that allocates the decode cache
-      length = inputs.shape[-2]
-      bias = self.relative_embedding(length, length, bidirectional=False)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_self_attention_layer_norm")(inputs)
-    x = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt,
-                                  cfg.float32_attention_logits, name="self_attention")(
-                                      x, x, self_mask, bias, deterministic, decode=decode)
+    x = _attention(cfg, "self_attention")(x, x, self_mask, bias, deterministic, decode=decode)
     x = _dropout(cfg.dropout_rate, x, deterministic) + inputs
     y = layers.RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_cross_attention_layer_norm")(x)
-    y = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt,
-                                  cfg.float32_attention_logits, name="encoder_decoder_attention")(
-                                      y, encoded, cross_mask, None, deterministic)
+    y = _attention(cfg, "encoder_decoder_attention")(y, encoded, cross_mask, None, deterministic)
     y = _dropout(cfg.dropout_rate, y, deterministic) + x
     z = layers.RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(y)
     z = layers.MlpBlock(cfg.mlp_dim, cfg.dropout_rate, dt, name="mlp")(z, deterministic)
     z = _dropout(cfg.dropout_rate, z, deterministic) + y
-    return layers.constrain(z, (axes.BATCH, axes.LENGTH, axes.EMBED))
+    z = layers.constrain(z, (axes.BATCH, axes.LENGTH, axes.EMBED))
+    return (z, None) if self.scanned else z
 
-  def _cache_length(self, inputs: Array) -> int:
-    if self.has_variable("cache", "self_attention"):
-      cache = self.variables["cache"]["self_attention"]
-      return cache["cached_key"].shape[1]
-    return inputs.shape[-2]
+
+def _attention(cfg: T5Config, name: str) -> layers.MultiHeadAttention:
+  return layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate,
+                                   cfg.compute_dtype, cfg.float32_attention_logits,
+                                   cfg.attention_impl, name=name)
+
+
+def _layer_stack(layer_cls: type[nn.Module], cfg: T5Config, num_layers: int, num_args: int,
+                 static_argnums: tuple[int, ...]):
+  """The layer class to call: plain, rematerialised, and/or scanned over ``num_layers``.
+
+  ``static_argnums`` index the Python-valued call arguments (counting ``self`` as 0),
+  which remat must not trace. Scanned, every argument but the carry is broadcast to
+  all layers and parameters (and decode caches) gain a leading ``layers`` axis.
+  """
+  cls = layer_cls
+  policy = REMAT[cfg.remat_policy]
+  if policy is not None:
+    cls = nn.remat(cls, policy=policy, prevent_cse=not cfg.scan_layers,
+                   static_argnums=static_argnums)
+  if not cfg.scan_layers:
+    return cls
+  return nn.scan(cls, variable_axes={"params": 0, "cache": 0},
+                 split_rngs={"params": True, "dropout": True},
+                 in_axes=(nn.broadcast,) * (num_args - 1), length=num_layers,
+                 metadata_params={nn.PARTITION_NAME: axes.LAYERS})
 
 
 class Encoder(nn.Module):
@@ -126,14 +151,19 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, mask: Array | None, deterministic: bool) -> Array:
     cfg = self.config
-    rel_emb = layers.RelativePositionBiases(cfg.num_heads, cfg.relpos_num_buckets,
-                                            cfg.relpos_max_distance, cfg.compute_dtype,
-                                            name="relpos_bias")
+    length = tokens.shape[-1]
+    bias = layers.RelativePositionBiases(cfg.num_heads, cfg.relpos_num_buckets,
+                                         cfg.relpos_max_distance, cfg.compute_dtype,
+                                         name="relpos_bias")(length, length, bidirectional=True)
     x = self.shared_embedding(tokens)
     x = _dropout(cfg.dropout_rate, x, deterministic).astype(cfg.compute_dtype)
     x = layers.constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
-    for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, rel_emb, name=f"layers_{i}")(x, mask, deterministic)
+    layer = _layer_stack(EncoderLayer, cfg, cfg.num_encoder_layers, 4, static_argnums=(4,))
+    if cfg.scan_layers:
+      x, _ = layer(cfg, scanned=True, name="layers")(x, mask, bias, deterministic)
+    else:
+      for i in range(cfg.num_encoder_layers):
+        x = layer(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="encoder_norm")(x)
     # After the final norm the encoder drops elementwise (T5X), the decoder broadcast.
     return _dropout(cfg.dropout_rate, x, deterministic, broadcast=False)
@@ -146,23 +176,45 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, encoded: Array, decoder_input_tokens: Array, self_mask: Array | None,
                cross_mask: Array | None, deterministic: bool, decode: bool = False,
-               decode_position: Array | None = None) -> Array:
+               decode_position: Array | None = None, return_hidden: bool = False) -> Array:
+    """Float32 logits; with ``return_hidden``, the final hidden states the head would take."""
     cfg = self.config
     rel_emb = layers.RelativePositionBiases(cfg.num_heads, cfg.relpos_num_buckets,
                                             cfg.relpos_max_distance, cfg.compute_dtype,
                                             name="relpos_bias")
+    if decode and decode_position is not None:
+      bias = rel_emb(1, self._cache_length(), bidirectional=False, query_offset=decode_position)
+    else:  # full sequence, or the call that allocates the decode cache
+      length = decoder_input_tokens.shape[-1]
+      bias = rel_emb(length, length, bidirectional=False)
     y = self.shared_embedding(decoder_input_tokens)
     y = _dropout(cfg.dropout_rate, y, deterministic).astype(cfg.compute_dtype)
     y = layers.constrain(y, (axes.BATCH, axes.LENGTH, axes.EMBED))
-    for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, rel_emb, name=f"layers_{i}")(
-          y, encoded, self_mask, cross_mask, deterministic, decode, decode_position)
+    layer = _layer_stack(DecoderLayer, cfg, cfg.num_decoder_layers, 7, static_argnums=(6, 7))
+    if cfg.scan_layers:
+      y, _ = layer(cfg, scanned=True, name="layers")(
+          y, encoded, self_mask, cross_mask, bias, deterministic, decode)
+    else:
+      for i in range(cfg.num_decoder_layers):
+        y = layer(cfg, name=f"layers_{i}")(
+            y, encoded, self_mask, cross_mask, bias, deterministic, decode)
     y = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="decoder_norm")(y)
     y = _dropout(cfg.dropout_rate, y, deterministic)
-    # Untied output projection in float32, no rescale (mT5: logits_via_embedding=False).
+    if return_hidden:
+      return y
+    # Untied output projection, no rescale (mT5: logits_via_embedding=False); T5X runs it
+    # in float32, head_dtype="bfloat16" in bf16 with float32 accumulation.
     logits = layers.DenseGeneral(cfg.vocab_size, kernel_axes=(axes.EMBED, axes.VOCAB),
-                                 dtype=jnp.float32, name="logits_dense")(y)
+                                 dtype=jnp.dtype(cfg.head_dtype), out_dtype=jnp.float32,
+                                 name="logits_dense")(y)
     return layers.constrain(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
+
+  def _cache_length(self) -> int:
+    """The decode cache's length (its keys are (batch, length, heads, kv), stacked or not)."""
+    cache = self.variables["cache"]
+    if self.config.scan_layers:
+      return cache["layers"]["self_attention"]["cached_key"].shape[2]
+    return cache["layers_0"]["self_attention"]["cached_key"].shape[1]
 
 
 class Transformer(nn.Module):
@@ -189,7 +241,7 @@ class Transformer(nn.Module):
              decoder_target_tokens: Array | None = None,
              encoder_segment_ids: Array | None = None, decoder_segment_ids: Array | None = None,
              enable_dropout: bool = False, decode: bool = False,
-             decode_position: Array | None = None) -> Array:
+             decode_position: Array | None = None, return_hidden: bool = False) -> Array:
     """Decoder logits (float32). With ``decode=True``, one step against the cache.
 
     In full mode the masks come from ``decoder_target_tokens`` (id 0 is
@@ -216,12 +268,14 @@ class Transformer(nn.Module):
             cross_mask, layers.attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal))
     return self.decoder(encoded, decoder_input_tokens, self_mask, cross_mask,
                         deterministic=not enable_dropout, decode=decode,
-                        decode_position=decode_position)
+                        decode_position=decode_position, return_hidden=return_hidden)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, encoder_segment_ids: Array | None = None,
                decoder_segment_ids: Array | None = None, encoder_positions: Array | None = None,
-               decoder_positions: Array | None = None, enable_dropout: bool = False) -> Array:
+               decoder_positions: Array | None = None, enable_dropout: bool = False,
+               return_hidden: bool = False) -> Array:
+    """Float32 logits, or (``return_hidden``) the decoder's final hidden states."""
     # Positions are accepted for feature-converter compatibility but unused: relative
     # position biases over the packed row plus segment masks equal per-example biases.
     del encoder_positions, decoder_positions
@@ -229,4 +283,5 @@ class Transformer(nn.Module):
       raise ValueError("Packed batches need both encoder_segment_ids and decoder_segment_ids.")
     encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
-                       encoder_segment_ids, decoder_segment_ids, enable_dropout)
+                       encoder_segment_ids, decoder_segment_ids, enable_dropout,
+                       return_hidden=return_hidden)

@@ -354,6 +354,12 @@ def is_own_orbax_checkpoint(path: str) -> bool:
 # --------------------------------------------------------------------------- restore
 
 
+def is_placed(like: Any) -> bool:
+  """A jax.Array, or a ShapeDtypeStruct that carries a sharding (an abstract target)."""
+  return isinstance(like, (jax.Array, jax.ShapeDtypeStruct)) and getattr(
+      like, "sharding", None) is not None
+
+
 def place_like(value: np.ndarray, like: Any, name: str = "") -> Any:
   """``value`` with ``like``'s dtype, and on ``like``'s devices/sharding if it is a jax.Array."""
   value = np.asarray(value)
@@ -364,7 +370,7 @@ def place_like(value: np.ndarray, like: Any, name: str = "") -> Any:
     value = value.reshape(shape)
   if value.dtype != like.dtype:
     value = value.astype(like.dtype)
-  if isinstance(like, jax.Array):
+  if is_placed(like):
     return jax.make_array_from_callback(shape, like.sharding, lambda idx: value[idx])
   return value
 
@@ -376,7 +382,7 @@ def place_entry(entry: Entry, like: Any) -> Any:
   (T5X reads only host-local chunks the same way); a block wanted by several
   devices (replication) is read once.
   """
-  if not isinstance(like, jax.Array) or entry.shape != tuple(like.shape) or not entry.shape:
+  if not is_placed(like) or entry.shape != tuple(like.shape) or not entry.shape:
     return place_like(entry.read(), like, entry.name)
   blocks: dict[tuple, np.ndarray] = {}
 

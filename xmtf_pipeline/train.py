@@ -24,6 +24,7 @@ from xmtf_pipeline import (
   distributed,
   gin_config,
   input_pipeline,
+  layer_stacking,
   models,
   params,
   partitioning,
@@ -122,9 +123,9 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
     gin_config.write_operative_config(model_dir)
 
   ckpt = checkpoints.Checkpointer(model_dir, checkpoint_cfg.keep)
-  state, shardings, data_state = _restore_or_init(model, optimizer, ckpt, checkpoint_cfg,
-                                                  random_seed, train_dataset_cfg, partitioner,
-                                                  mesh)
+  state, disk, data_state = _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed,
+                                             train_dataset_cfg, partitioner, mesh)
+  shardings = disk.shardings
   start_step = int(state.step)
   if start_step >= total_steps:
     print(f"Step {start_step} >= TRAIN_STEPS={total_steps}: nothing to train "
@@ -173,7 +174,7 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
           logger.write_validation(step, validate(jax.device_get(state.params), step))
         if step % checkpoint_cfg.save_period == 0 or step == total_steps or preemption.requested:
           _flush(logger, step, require_finite_only=True)
-          ckpt.save(step, state.state_dict(), data_state)
+          ckpt.save(step, disk.to_disk(state.state_dict()), data_state)
         if preemption.requested:
           print(f"SIGTERM: saved checkpoint_{step} in {model_dir}; exiting.", flush=True)
           preempted = True
@@ -230,20 +231,50 @@ def _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed, train_
   seed = _seed(random_seed)
   state, shardings = trainer.init_state(model, optimizer, partitioner, mesh,
                                         jax.random.PRNGKey(seed))
-  restored = ckpt.restore_latest(state.state_dict())
+  disk = DiskLayout(model, optimizer, partitioner, mesh, shardings)
+  restored = ckpt.restore_latest(disk.target(state.state_dict()))
   if restored is not None:
     step, state_dict, data_state = restored
     print(f"Restored checkpoint_{step} from {ckpt.model_dir} (data position "
           f"{data_state['batches']} batches).", flush=True)
-    return trainer.TrainState.from_state_dict(state_dict), shardings, data_state
+    return trainer.TrainState.from_state_dict(disk.to_run(state_dict)), disk, data_state
   data_state = {"batches": 0, "random_seed": seed,
                 "data_seed": int(train_cfg.seed) if train_cfg.seed is not None else seed}
   if checkpoint_cfg.restore_path:
-    state_dict = checkpoints.restore_initial(checkpoint_cfg.restore_path, model.config,
-                                             state.state_dict())
-    state = trainer.TrainState.from_state_dict(state_dict)
+    state_dict = checkpoints.restore_initial(checkpoint_cfg.restore_path, disk.config,
+                                             disk.target(state.state_dict()))
+    state = trainer.TrainState.from_state_dict(disk.to_run(state_dict))
     print(f"Initialized from {checkpoint_cfg.restore_path} at step {int(state.step)}.", flush=True)
-  return state, shardings, data_state
+  return state, disk, data_state
+
+
+class DiskLayout:
+  """Checkpoints always hold T5X's per-layer layout; a scanned run converts on the way.
+
+  ``target`` is what to restore into, ``to_run`` / ``to_disk`` convert a state dict
+  (identities for unscanned models; jitted, sharded re-stacking for scanned ones).
+  """
+
+  def __init__(self, model, optimizer, partitioner, mesh, shardings):
+    self.shardings = shardings
+    self.config = model.config.replace(scan_layers=False)
+    self._scanned = model.config.scan_layers
+    if not self._scanned:
+      return
+    self._abstract = trainer.abstract_state(self.config, optimizer, partitioner, mesh)
+    disk_shardings = jax.tree_util.tree_map(lambda x: x.sharding, self._abstract)
+    self._stack = jax.jit(lambda t: layer_stacking.stack(t, self.config), out_shardings=shardings)
+    self._unstack = jax.jit(lambda t: layer_stacking.unstack(t, self.config),
+                            out_shardings=disk_shardings)
+
+  def target(self, run_state_dict):
+    return self._abstract if self._scanned else run_state_dict
+
+  def to_run(self, state_dict):
+    return self._stack(state_dict) if self._scanned else state_dict
+
+  def to_disk(self, state_dict):
+    return self._unstack(state_dict) if self._scanned else state_dict
 
 
 def run_train_eval(eval_fn, params_tree, cfg: input_pipeline.DatasetConfig, eval_steps: int,

@@ -93,7 +93,10 @@ def compute_gradients(model: EncoderDecoderModel, params: PyTree, batch: Batch,
 def train_step(model: EncoderDecoderModel, optimizer: Adafactor, learning_rate_fn: Callable,
                num_microbatches: int, state: TrainState, batch: Batch, rng: jax.Array,
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step. Dropout RNG = fold_in(rng, step), as ``t5x/trainer.py``."""
+  """One optimizer step. Dropout RNG = fold_in(rng, step), as ``t5x/trainer.py``.
+
+  For a scanned model pass ``optimizer_for(model, optimizer)`` (jit_train_step does).
+  """
   step = state.step
   dropout_rng = None
   if model.config.dropout_rate > 0.0:
@@ -115,12 +118,34 @@ def eval_step(model: EncoderDecoderModel, params: PyTree, batch: Batch) -> dict[
   return stats
 
 
+def optimizer_for(model: EncoderDecoderModel, optimizer: Adafactor) -> Adafactor:
+  """The optimizer told which parameter axes are stacked layers (scanned models)."""
+  if not model.config.scan_layers:
+    return optimizer
+  return optimizer.for_logical_axes(params_lib.logical_axes(model.config))
+
+
+def state_shardings(config, optimizer: Adafactor, partitioner, mesh) -> dict[str, Any]:
+  """Shardings of the train state dict of ``config`` (no allocation)."""
+  boxed = params_lib.abstract_variables(config)["params"]
+  abstract_opt = jax.eval_shape(optimizer.init, nn.unbox(boxed))
+  return partitioner.state_shardings(mesh, boxed, abstract_opt)
+
+
+def abstract_state(config, optimizer: Adafactor, partitioner, mesh) -> dict[str, Any]:
+  """The train state dict as sharded ``ShapeDtypeStruct``s (a restore target)."""
+  boxed = params_lib.abstract_variables(config)["params"]
+  shapes = {"target": nn.unbox(boxed), "state": jax.eval_shape(optimizer.init, nn.unbox(boxed))}
+  shardings = partitioner.state_shardings(mesh, boxed, shapes["state"])
+  return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                shapes, shardings)
+
+
 def init_state(model: EncoderDecoderModel, optimizer: Adafactor, partitioner, mesh,
                rng: jax.Array) -> tuple[TrainState, dict[str, Any]]:
   """The initial train state, created directly in its sharded layout, and its shardings."""
-  boxed = params_lib.abstract_variables(model.config)["params"]
-  abstract_opt = jax.eval_shape(optimizer.init, nn.unbox(boxed))
-  shardings = partitioner.state_shardings(mesh, boxed, abstract_opt)
+  optimizer = optimizer_for(model, optimizer)
+  shardings = state_shardings(model.config, optimizer, partitioner, mesh)
 
   def create(r):
     return TrainState.create(params_lib.init_params(model.config, r), optimizer).state_dict()
@@ -136,6 +161,7 @@ def jit_train_step(model, optimizer, learning_rate_fn, num_microbatches=1, parti
 
   With a partitioner, the state and batches follow its shardings (GSPMD).
   """
+  optimizer = optimizer_for(model, optimizer)
   fn = functools.partial(train_step, model, optimizer, learning_rate_fn, num_microbatches)
   if partitioner is None:
     return jax.jit(fn, donate_argnums=(0,))
