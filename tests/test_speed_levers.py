@@ -94,8 +94,7 @@ def _grads(model, p, batch):
   return jax.jit(jax.grad(lambda q: model.loss_fn(q, batch, None, normalizer), has_aux=True))(p)
 
 
-@pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("remat", ["none", "full", "dots"])
+@pytest.mark.parametrize("remat,packed", [("none", False), ("full", True), ("dots", False)])
 def test_scanned_layers_equal_unrolled_forward_and_gradients(packed, remat):
   scanned_cfg = TINY.replace(scan_layers=True, remat_policy=remat)
   p = _random_params(TINY)
@@ -168,9 +167,10 @@ def test_stacking_round_trip_and_errors():
     layer_stacking.stack(params.unflatten(broken), TINY)
 
 
-@pytest.mark.parametrize("chunk", [3, 4, 9, 64])
-@pytest.mark.parametrize("factor,smoothing", [("AVERAGE_PER_SEQUENCE", 0.0),
-                                              ("NUM_REAL_TARGET_TOKENS", 0.1), (None, 0.0)])
+# Chunks that divide the 9 target positions or not, one chunk longer than the sequence.
+@pytest.mark.parametrize("chunk,factor,smoothing", [(3, "AVERAGE_PER_SEQUENCE", 0.0),
+                                                    (4, "NUM_REAL_TARGET_TOKENS", 0.1),
+                                                    (64, None, 0.0)])
 def test_chunked_cross_entropy_equals_full_logits(chunk, factor, smoothing):
   p = _random_params(TINY)
   batch = _batch(packed=chunk == 4)

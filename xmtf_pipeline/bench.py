@@ -3,12 +3,18 @@
 Runs jitted train steps (T5X Adafactor, z-loss, AVERAGE_PER_SEQUENCE, dropout)
 on synthetic full-length batches and prints examples/s, tokens/s, model TFLOP/s
 from an analytic FLOP count, MFU against a bf16 matmul ceiling measured in the
-same run, peak device memory and compile time, as a table and as JSON.
+same run, peak device memory and compile time, as a table and as JSON. Every
+measurement runs in its own process (own memory pool, own XLA_FLAGS).
+
+``--ladder`` times the speed options one after another (``LADDER``; bench/NOTES.md),
+``--check`` first compares each option's loss and gradients with the plain path on
+the device (``bench_checks``), ``--vs-hf`` adds HF transformers' torch MT5.
 
 FLOPs (documented, per example, forward; training = 3x): every matmul as
 2*m*n*k — attention projections, attention scores and values, the gated MLP,
 cross-attention, and the LM head — i.e. what mt5-large at 1024/256 needs:
-3.553 TFLOP per example per step. Imports neither TensorFlow nor seqio.
+3.553 TFLOP per example per step. Rematerialised recomputation is not counted
+(MFU counts model FLOPs only). Imports neither TensorFlow, seqio nor gin.
 """
 
 from __future__ import annotations
@@ -74,14 +80,16 @@ def synthetic_batch(batch: int, len_in: int, len_out: int, vocab: int, seed: int
           "decoder_loss_weights": np.ones_like(tgt, np.float32)}
 
 
-def bench_ours(cfg, batch: int, len_in: int, len_out: int, steps: int) -> dict:
+def bench_ours(cfg, batch: int, len_in: int, len_out: int, steps: int, loss_chunk: int = 0
+               ) -> dict:
   import jax
 
   from xmtf_pipeline import models, schedules, trainer
   from xmtf_pipeline.adafactor import Adafactor
   from xmtf_pipeline.partitioning import Partitioner
   model = models.EncoderDecoderModel(cfg, z_loss=1e-4,
-                                     loss_normalizing_factor="AVERAGE_PER_SEQUENCE")
+                                     loss_normalizing_factor="AVERAGE_PER_SEQUENCE",
+                                     loss_chunk_length=loss_chunk)
   opt = Adafactor()
   lr = schedules.create_learning_rate_scheduler("constant", base_learning_rate=1e-3)
   part = Partitioner()
@@ -163,14 +171,77 @@ def _finish(r: dict, flops: float, ceiling: float, len_in: int, len_out: int) ->
 
 
 def table(rows: list[dict]) -> str:
-  head = (f"{'engine':<18}{'batch':>6}{'ex/s':>9}{'tok/s':>10}{'TFLOP/s':>9}{'MFU':>7}"
+  head = (f"{'engine':<34}{'batch':>6}{'ex/s':>9}{'tok/s':>10}{'TFLOP/s':>9}{'MFU':>7}"
           f"{'peak GiB':>10}{'compile s':>10}")
   lines = [head]
   for r in rows:
-    lines.append(f"{r['engine']:<18}{r['batch']:>6}{r['examples_per_s']:>9.1f}"
+    lines.append(f"{r['engine'][:33]:<34}{r['batch']:>6}{r['examples_per_s']:>9.1f}"
                  f"{r['tokens_per_s']:>10.0f}{r['model_tflops']:>9.1f}{r['mfu']:>7.1%}"
                  f"{r['peak_bytes'] / 2**30:>10.1f}{r['compile_s']:>10.1f}")
   return "\n".join(lines)
+
+
+# The lever ladder (bench/NOTES.md): each row adds one option to the row before.
+# "dropout": None keeps --dropout; fused attention engages only without attention dropout.
+LADDER = (
+    ("T5X defaults", {}),
+    ("+ scan, remat full", {"scan_layers": True, "remat_policy": "full"}),
+    ("+ remat dots_no_batch", {"remat_policy": "dots_no_batch"}),
+    ("+ chunked CE (64)", {"loss_chunk": 64}),
+    ("+ bf16 LM head", {"head_dtype": "bfloat16"}),
+    ("+ dropout 0 (for fused attention)", {"dropout": 0.0}),
+    ("+ cuDNN attention", {"attention_impl": "cudnn"}),
+)
+CONFIG_OPTIONS = ("scan_layers", "remat_policy", "head_dtype", "attention_impl")
+
+
+def ladder_specs(base: dict) -> list[dict]:
+  specs, cur = [], dict(base)
+  for name, change in LADDER:
+    cur = dict(cur, **change)
+    specs.append(dict(cur, name=name))
+  return specs
+
+
+def run_child(spec: dict, args, timeout: float) -> dict | None:
+  """One measurement in a fresh process: its own GPU memory pool (so peak memory is the
+  row's own), its own XLA_FLAGS, and a hung or out-of-memory row cannot stop the rest."""
+  env = dict(os.environ)
+  if spec.get("xla_flags"):
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + spec["xla_flags"]).strip()
+  cmd = [sys.executable, "-m", "xmtf_pipeline.bench", "train", "--model", args.model,
+         "--inputs", str(args.inputs), "--targets", str(args.targets), "--steps", str(args.steps),
+         "--_child", json.dumps(spec)]
+  try:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    print(f"{spec.get('name', spec['kind'])}: no result within {timeout:.0f} s", file=sys.stderr)
+    return None
+  line = [x for x in out.stdout.splitlines() if x.startswith("CHILDJSON:")]
+  if not line:
+    print(f"{spec.get('name', spec['kind'])} failed:\n{out.stderr[-1500:]}", file=sys.stderr)
+    return None
+  return json.loads(line[0][len("CHILDJSON:"):])
+
+
+def child(spec: dict, args) -> dict:
+  kind = spec["kind"]
+  if kind == "ceiling":
+    return {"ceiling_tflops": matmul_ceiling_tflops()}
+  if kind == "check":
+    from xmtf_pipeline import bench_checks
+    return {"checks": bench_checks.run_checks(spec["model"], spec.get("batch", 2), args.inputs,
+                                              args.targets)}
+  if kind == "hf":
+    return bench_hf(args.model, spec["batch"], args.inputs, args.targets, args.steps,
+                    spec["compile"])
+  options = {k: spec[k] for k in CONFIG_OPTIONS if k in spec}
+  cfg = model_config(args.model, dropout=spec.get("dropout", 0.1), **options)
+  r = bench_ours(cfg, spec["batch"], args.inputs, args.targets, args.steps,
+                 spec.get("loss_chunk", 0))
+  r["engine"] = "xmtf: " + spec.get("name", "")
+  r["options"] = {k: v for k, v in spec.items() if k not in ("kind", "name", "batch")}
+  return r
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,58 +252,91 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--inputs", type=int, default=1024)
   p.add_argument("--targets", type=int, default=256)
   p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--dropout", type=float, default=0.1)
+  p.add_argument("--scan", action="store_true", help="T5Config.scan_layers")
+  p.add_argument("--remat", default="none", help="T5Config.remat_policy")
+  p.add_argument("--loss-chunk", dest="loss_chunk", type=int, default=0,
+                 help="EncoderDecoderModel.loss_chunk_length (0: full logits)")
+  p.add_argument("--head-dtype", dest="head_dtype", default="float32")
+  p.add_argument("--attention", default="einsum", help="T5Config.attention_impl")
+  p.add_argument("--xla-flags", dest="xla_flags", default="", help="extra XLA_FLAGS for ours")
+  p.add_argument("--ladder", action="store_true",
+                 help="time each lever of LADDER in turn (at the first --batch)")
+  p.add_argument("--check", action="store_true",
+                 help="first compare each lever's loss and gradients with the plain path")
+  p.add_argument("--check-model", dest="check_model", default="mt5_small",
+                 help="model size for --check (8+8 layers compile quickly)")
   p.add_argument("--vs-hf", dest="vs_hf", action="store_true",
                  help="also time HF transformers' torch MT5 (eager and torch.compile)")
-  p.add_argument("--hf-batch", type=int, action="append", help="HF batch sizes")
+  p.add_argument("--hf-batch", type=int, action="append", help="HF torch.compile batch sizes")
+  p.add_argument("--hf-eager-batch", type=int, action="append", help="HF eager batch sizes")
+  p.add_argument("--timeout", type=float, default=420, help="seconds per measurement")
   p.add_argument("--json", help="write the results here as JSON")
-  p.add_argument("--_hf_child", nargs=2, help=argparse.SUPPRESS)
+  p.add_argument("--_child", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  if args._hf_child:  # a subprocess, so torch and JAX never share the GPU's memory
-    r = bench_hf(args.model, int(args._hf_child[0]), args.inputs, args.targets, args.steps,
-                 args._hf_child[1] == "compile")
-    print("HFJSON:" + json.dumps(r))
+  if args._child:
+    print("CHILDJSON:" + json.dumps(child(json.loads(args._child), args)), flush=True)
     return 0
   cfg = model_config(args.model)
   flops = train_flops_per_example(cfg, args.inputs, args.targets)
-  # Ours first, each figure printed as soon as it exists: a run cut short still reports.
-  ceiling = matmul_ceiling_tflops()
+  result = {"model": args.model, "inputs": args.inputs, "targets": args.targets,
+            "flops_per_example": flops, "rows": []}
+
+  def save():
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+
+  got = run_child({"kind": "ceiling"}, args, args.timeout)
+  if got is None:
+    return 1
+  ceiling = result["ceiling_tflops"] = got["ceiling_tflops"]
   print(f"bf16 matmul ceiling: {ceiling:.1f} TFLOP/s", flush=True)
-  rows = []
-  for b in args.batch or [32]:
-    try:
-      rows.append(_finish(bench_ours(cfg, b, args.inputs, args.targets, args.steps), flops,
-                          ceiling, args.inputs, args.targets))
-      print(table(rows[-1:]), flush=True)
-    except Exception as e:  # e.g. out of memory at a large batch: report and go on
-      print(f"xmtf batch {b} failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+  if args.check:
+    got = run_child({"kind": "check", "model": args.check_model}, args, args.timeout)
+    result["checks"] = got["checks"] if got else None
+    if got:
+      from xmtf_pipeline.bench_checks import checks_table
+      print(checks_table(got["checks"]), flush=True)
+    save()
+  base = {"kind": "xmtf", "dropout": args.dropout, "scan_layers": args.scan,
+          "remat_policy": args.remat, "loss_chunk": args.loss_chunk,
+          "head_dtype": args.head_dtype, "attention_impl": args.attention,
+          "xla_flags": args.xla_flags}
+  batches = args.batch or [32]
+  if args.ladder:
+    specs = [dict(s, batch=batches[0]) for s in ladder_specs(base)]
+    specs += [dict(specs[-1], batch=b, name=specs[-1]["name"]) for b in batches[1:]]
+  else:
+    specs = [dict(base, batch=b, name="options as given") for b in batches]
+  for spec in specs:
+    r = run_child(spec, args, args.timeout)
+    if r is not None:
+      result["rows"].append(_finish(r, flops, ceiling, args.inputs, args.targets))
+      print(table(result["rows"][-1:]), flush=True)
+      save()
   if args.vs_hf:
-    for mode, batches in (("eager", [8]), ("compile", args.hf_batch or [16])):
-      for b in batches:
-        out = subprocess.run([sys.executable, "-m", "xmtf_pipeline.bench", "train", "--model",
-                              args.model, "--inputs", str(args.inputs), "--targets",
-                              str(args.targets), "--steps", str(args.steps), "--_hf_child", str(b),
-                              mode], capture_output=True, text=True, env=dict(os.environ))
-        line = [x for x in out.stdout.splitlines() if x.startswith("HFJSON:")]
-        if not line:
-          print(f"HF {mode} batch {b} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-          continue
-        rows.append(_finish(json.loads(line[0][7:]), flops, ceiling, args.inputs, args.targets))
-        print(table(rows[-1:]), flush=True)
+    for compiled, batches_hf in ((False, args.hf_eager_batch or [8]),
+                                 (True, args.hf_batch or [16])):
+      for b in batches_hf:
+        r = run_child({"kind": "hf", "batch": b, "compile": compiled}, args, args.timeout)
+        if r is not None:
+          result["rows"].append(_finish(r, flops, ceiling, args.inputs, args.targets))
+          print(table(result["rows"][-1:]), flush=True)
+          save()
+  rows = result["rows"]
   print(f"{args.model} {args.inputs}/{args.targets}: {flops / 1e12:.3f} TFLOP per example "
         f"(fwd+bwd); bf16 matmul ceiling measured {ceiling:.1f} TFLOP/s")
   print(table(rows))
   ours = [r for r in rows if r["engine"].startswith("xmtf")]
   hf = [r for r in rows if "compile" in r["engine"]]
   if ours and hf:
-    best, ref = max(ours, key=lambda r: r["examples_per_s"]), max(hf,
-                                                                 key=lambda r: r["examples_per_s"])
-    print(f"xmtf / HF torch.compile: {best['examples_per_s'] / ref['examples_per_s']:.2f}x")
-  result = {"model": args.model, "flops_per_example": flops, "ceiling_tflops": ceiling,
-            "rows": rows}
+    best = max(ours, key=lambda r: r["examples_per_s"])
+    ref = max(hf, key=lambda r: r["examples_per_s"])
+    result["ratio_vs_hf_compile"] = best["examples_per_s"] / ref["examples_per_s"]
+    print(f"xmtf / HF torch.compile: {result['ratio_vs_hf_compile']:.2f}x")
   print("JSON:" + json.dumps(result))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=2)
+  save()
   return 0
 
 

@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     from xmtf_pipeline import planner
     return planner.main(argv[1:])
   if argv and argv[0] == "bench":
+    if len(argv) > 1 and argv[1] in ("packing", "data"):
+      from xmtf_pipeline import bench_packing
+      return bench_packing.main(argv[1:])
     from xmtf_pipeline import bench
     return bench.main(argv[1:])
   args = build_parser().parse_args(argv)
