@@ -1,4 +1,4 @@
-"""``xmtf bench packing`` and ``xmtf bench data``: what packing buys, and whether the CPUs keep up.
+"""``xmtf bench packing`` (and the dispatch of ``xmtf bench data``, in ``bench_data``).
 
 ``xmtf bench packing`` tokenizes a task (default: the bundled ``xp3_sample``) or xP3-format JSON
 lines (``--jsonl``), reports the length distribution and, for the mT0 recipe (unpacked rows of
@@ -9,11 +9,6 @@ tokens per unpacked row). With ``--measure-steps N`` it also times our real jitt
 (T5X Adafactor, AVERAGE_PER_SEQUENCE, dropout) on actual batches of both pipelines and checks that
 both see the same objective (the loss normalizer equals the number of examples in the batch).
 
-``xmtf bench data`` times the data pipeline (read + tokenize + convert, unpacked and packed;
-``tasks.bench_preprocessing.measure``) in subprocesses pinned to 1 core and to all cores (CPU
-affinity and TF intra/inter-op threads), reports examples/s per core, and the cores needed to
-feed a GPU step consuming ``--gpu-examples-per-s`` rows/s.
-
 TensorFlow, seqio and JAX are imported only when a command runs.
 """
 
@@ -22,9 +17,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -356,14 +349,14 @@ def measure_train_steps(model_name: str, rows: Mapping[str, Mapping[str, np.ndar
 # Printing.
 
 
-def _fmt_lengths(lengths: Mapping[str, int]) -> str:
+def fmt_lengths(lengths: Mapping[str, int]) -> str:
   return f"{lengths['inputs']}/{lengths['targets']}"
 
 
 def format_report(report: Mapping, source: str, vocab_desc: str) -> str:
   lengths = report["lengths"]
   lines = [f"{source}: {report['examples']} examples; tokens by {vocab_desc}",
-           f"lengths inputs/targets = {_fmt_lengths(lengths)}",
+           f"lengths inputs/targets = {fmt_lengths(lengths)}",
            "length distribution (tokens incl. EOS, before truncation):",
            f"  {'feature':<9}{'length':>7}{'mean':>9}{'median':>8}{'p90':>8}{'p99':>8}{'max':>8}"
            f"{'truncated':>11}"]
@@ -382,7 +375,7 @@ def format_report(report: Mapping, source: str, vocab_desc: str) -> str:
                f"cost per row): {report['ratio_analytic']:.2f}x")
   if "flops" in report:
     f = report["flops"]
-    lines.append(f"{f['model']} {_fmt_lengths(lengths)}: {f['tflop_per_row']:.2f} TFLOP per row "
+    lines.append(f"{f['model']} {fmt_lengths(lengths)}: {f['tflop_per_row']:.2f} TFLOP per row "
                  f"(fwd+bwd); per trained example unpacked {f['tflop_per_example_unpacked']:.3f}, "
                  f"packed {f['tflop_per_example_packed']:.3f}")
   return "\n".join(lines)
@@ -390,7 +383,7 @@ def format_report(report: Mapping, source: str, vocab_desc: str) -> str:
 
 def format_measured(m: Mapping, lengths: Mapping[str, int], analytic: float) -> str:
   lines = [f"measured: {m['model']} ({m['dtype']}, vocab {m['vocab_size']}) on {m['backend']} "
-           f"({m['device']}), lengths {_fmt_lengths(lengths)}, {m['batch_rows']} rows per batch, "
+           f"({m['device']}), lengths {fmt_lengths(lengths)}, {m['batch_rows']} rows per batch, "
            f"{m['unpacked']['steps']} timed steps each, AVERAGE_PER_SEQUENCE; load average "
            f"{m['load_average_1min']:.2f} at the end",
            f"  {'':<10}{'step s':>9}{'rows/s':>9}{'ex/batch':>10}{'ex/s':>10}{'non-pad tok/s':>15}"
@@ -410,7 +403,7 @@ def format_measured(m: Mapping, lengths: Mapping[str, int], analytic: float) -> 
 # Commands.
 
 
-def _quiet_tf() -> None:
+def quiet_tf() -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -452,7 +445,7 @@ def main_packing(argv: Sequence[str]) -> int:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", help="write the results here as JSON")
   args = p.parse_args(argv)
-  _quiet_tf()
+  quiet_tf()
   from xmtf_pipeline.bench import SIZES
   if args.model is not None and args.model not in SIZES:
     print(f"xmtf bench packing: error: --model {args.model!r}: one of {', '.join(sorted(SIZES))}",
@@ -498,151 +491,17 @@ def main_packing(argv: Sequence[str]) -> int:
       print("xmtf bench packing: error: the AVERAGE_PER_SEQUENCE normalizer is not the number of "
             "examples in a batch; packed and unpacked do not see the same objective.",
             file=sys.stderr)
-      _write_json(args.json, result)
+      write_json(args.json, result)
       return 1
   print("JSON:" + json.dumps(result))
-  _write_json(args.json, result)
+  write_json(args.json, result)
   return 0
 
 
-def _write_json(path: str | None, result: Mapping) -> None:
+def write_json(path: str | None, result: Mapping) -> None:
   if path:
     with open(path, "w") as f:
       json.dump(result, f, indent=2)
-
-
-def _parse_cores(text: str) -> list[int]:
-  available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  out = []
-  for part in text.split(","):
-    part = part.strip()
-    try:
-      n = available if part == "all" else int(part)
-    except ValueError:
-      raise BenchInputError(f"--cores {text!r}: write core counts like 1,2 or 1,all.") from None
-    if not 1 <= n <= available:
-      raise BenchInputError(f"--cores {text!r}: {n} is not between 1 and the {available} cores "
-                            "this process may use.")
-    if n not in out:
-      out.append(n)
-  return out
-
-
-def _data_child(cores: int, task: str, lengths: str, examples: int, packed_examples: int,
-                batch: int, seed: int) -> int:
-  """One measurement in this process: pinned to ``cores`` CPUs, TF limited to as many threads."""
-  if hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
-  _quiet_tf()
-  import tensorflow as tf
-  tf.config.threading.set_intra_op_parallelism_threads(cores)  # before any TF op runs
-  tf.config.threading.set_inter_op_parallelism_threads(cores)
-  tf.config.set_visible_devices([], "GPU")
-  from xmtf_pipeline.data_inspect import _import_tasks
-  _import_tasks(())
-  from tasks.bench_preprocessing import measure
-
-  lens = parse_lengths(lengths)
-  out = {"cores": cores}
-  for label, pack, count in (("unpacked", False, examples), ("packed", True, packed_examples)):
-    rate, n = measure(task, lens, count, batch, pack, seed)
-    out[label] = {"examples_per_s": rate, "examples": n}
-  print("DATAJSON:" + json.dumps(out))
-  return 0
-
-
-def main_data(argv: Sequence[str]) -> int:
-  p = argparse.ArgumentParser(
-      prog="xmtf bench data",
-      description="Data pipeline (read + tokenize + convert/pack) examples/s per core vs a GPU.")
-  p.add_argument("--task", default="xp3_sample", help="task or mixture (default xp3_sample)")
-  p.add_argument("--lengths", default=DEFAULT_LENGTHS, help=f"default {DEFAULT_LENGTHS}")
-  p.add_argument("--examples", type=int, default=10_000, help="examples timed per setting")
-  p.add_argument("--batch", type=int, default=32, help="rows per batch, as the trainer batches")
-  p.add_argument("--cores", default="1,all",
-                 help="core counts to measure, comma separated ('all' = every usable core); "
-                      "default 1,all")
-  p.add_argument("--gpu-examples-per-s", type=float, default=DEFAULT_GPU_EXAMPLES_PER_S,
-                 help="rows/s the GPU step consumes, unpacked examples/s (default "
-                      f"{DEFAULT_GPU_EXAMPLES_PER_S:g}: mt5-large 1024/256 on one H200)")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--json", help="write the results here as JSON")
-  p.add_argument("--_child", type=int, help=argparse.SUPPRESS)
-  p.add_argument("--_packed_examples", type=int, help=argparse.SUPPRESS)
-  args = p.parse_args(argv)
-  _quiet_tf()
-  try:
-    lengths = parse_lengths(args.lengths)
-    if args._child:
-      return _data_child(args._child, args.task, args.lengths, args.examples,
-                         args._packed_examples or args.examples, args.batch, args.seed)
-    cores = _parse_cores(args.cores)
-  except BenchInputError as e:
-    print(f"xmtf bench data: error: {e}", file=sys.stderr)
-    return 2
-  usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  # Examples per packed row at these lengths: the GPU's rows/s -> examples/s when packed, and
-  # enough packed examples timed that the warm-up's prefetched batches do not count (>= 20 batches).
-  try:
-    examples, vocabulary, _ = task_examples(args.task, max(2_000, args.examples), seed=args.seed)
-  except BenchInputError as e:
-    print(f"xmtf bench data: error: {e}", file=sys.stderr)
-    return 2
-  epr = packing_report(examples, lengths, vocabulary.eos_id)["packed"]["examples_per_row"]
-  packed_examples = max(args.examples, math.ceil(20 * args.batch * epr))
-  print(f"data pipeline of {args.task} at {_fmt_lengths(lengths)}: read + tokenize + "
-        f"EncDecFeatureConverter, {args.batch} rows per batch, {args.examples} examples timed "
-        f"unpacked, {packed_examples} packed ({epr:.2f} examples per packed row); {usable} usable "
-        f"cores (os.cpu_count() {os.cpu_count()}), load average {os.getloadavg()[0]:.2f}",
-        flush=True)
-  runs = []
-  for n in cores:
-    # A fresh process per core count: TF's thread pools are fixed at its first op.
-    cmd = [sys.executable, "-m", "xmtf_pipeline.bench_packing", "data", "--_child", str(n),
-           "--task", args.task, "--lengths", args.lengths, "--examples", str(args.examples),
-           "--_packed_examples", str(packed_examples), "--batch", str(args.batch),
-           "--seed", str(args.seed)]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-    line = [x for x in proc.stdout.splitlines() if x.startswith("DATAJSON:")]
-    if proc.returncode or not line:
-      print(f"xmtf bench data: error: the {n}-core measurement failed:\n{proc.stderr[-3000:]}",
-            file=sys.stderr)
-      return 1
-    r = json.loads(line[0][len("DATAJSON:"):])
-    r["wall_s"] = time.perf_counter() - t
-    runs.append(r)
-    print(f"  {n} core(s): unpacked {r['unpacked']['examples_per_s']:,.0f} ex/s "
-          f"({r['unpacked']['examples_per_s'] / n:,.0f} per core), packed "
-          f"{r['packed']['examples_per_s']:,.0f} ex/s ({r['packed']['examples_per_s'] / n:,.0f} "
-          "per core)", flush=True)
-  gpu_rows = args.gpu_examples_per_s
-  need = {"unpacked": gpu_rows, "packed": gpu_rows * epr}
-  one = next((r for r in runs if r["cores"] == 1), min(runs, key=lambda r: r["cores"]))
-  result = {"task": args.task, "lengths": lengths, "batch": args.batch, "usable_cores": usable,
-            "gpu_rows_per_s": gpu_rows, "packed_examples_per_row": epr, "runs": runs,
-            "pipelines": {}}
-  print(f"GPU step consumption: {gpu_rows:g} rows/s -> unpacked {need['unpacked']:,.0f} ex/s; "
-        f"packed {gpu_rows:g} rows/s x {epr:.2f} examples/row = {need['packed']:,.0f} ex/s")
-  print(f"  {'pipeline':<10}{'cores':>6}{'ex/s':>10}{'ex/s/core':>11}{'GPU needs ex/s':>16}"
-        f"{'cores needed':>14}")
-  for key in ("unpacked", "packed"):
-    per_core = one[key]["examples_per_s"] / one["cores"]
-    cores_needed = math.ceil(need[key] / per_core) if per_core > 0 else None
-    result["pipelines"][key] = {"gpu_examples_per_s": need[key],
-                                "examples_per_s_per_core": per_core,
-                                "cores_needed": cores_needed,
-                                "keeps_up_on_2_cores": 2 * per_core >= need[key]}
-    for r in runs:
-      rate = r[key]["examples_per_s"]
-      lines = (f"  {key:<10}{r['cores']:>6}{rate:>10,.0f}{rate / r['cores']:>11,.0f}"
-               f"{need[key]:>16,.0f}")
-      print(lines + (f"{cores_needed:>14}" if r is one else ""))
-  print("cores needed = ceil(GPU examples/s / one core's examples/s), assuming linear scaling; "
-        "the all-core rows show the scaling measured on this machine.")
-  print("JSON:" + json.dumps(result))
-  _write_json(args.json, result)
-  return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -650,7 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if argv and argv[0] == "packing":
     return main_packing(argv[1:])
   if argv and argv[0] == "data":
-    return main_data(argv[1:])
+    from xmtf_pipeline import bench_data
+    return bench_data.main_data(argv[1:])
   print("usage: xmtf bench {packing,data} ... (xmtf bench train: xmtf_pipeline.bench)",
         file=sys.stderr)
   return 2
