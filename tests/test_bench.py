@@ -30,6 +30,7 @@ def test_ladder_adds_one_option_per_row():
   assert [s["name"] for s in specs] == [name for name, _ in bench.LADDER]
   assert specs[0]["scan_layers"] is False and specs[1]["scan_layers"] is True
   assert specs[-1]["attention_impl"] == "cudnn" and specs[-1]["dropout"] == 0.0
+  assert specs[-1]["xla_flags"] == "--xla_gpu_enable_triton_gemm=false"
   assert specs[-1]["loss_chunk"] == 64 and specs[-1]["remat_policy"] == "dots_no_batch"
   for s in specs:  # every row builds a valid config
     options = {k: s[k] for k in bench.CONFIG_OPTIONS if k in s}

@@ -191,6 +191,7 @@ LADDER = (
     ("+ bf16 LM head", {"head_dtype": "bfloat16"}),
     ("+ dropout 0 (for fused attention)", {"dropout": 0.0}),
     ("+ cuDNN attention", {"attention_impl": "cudnn"}),
+    ("+ XLA: cuBLAS not Triton GEMMs", {"xla_flags": "--xla_gpu_enable_triton_gemm=false"}),
 )
 CONFIG_OPTIONS = ("scan_layers", "remat_policy", "head_dtype", "attention_impl")
 
@@ -262,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--xla-flags", dest="xla_flags", default="", help="extra XLA_FLAGS for ours")
   p.add_argument("--ladder", action="store_true",
                  help="time each lever of LADDER in turn (at the first --batch)")
+  p.add_argument("--ladder-rows", dest="ladder_rows", default=None,
+                 help="comma-separated LADDER indices to run, in this order (default: all)")
+  p.add_argument("--best-batch", dest="best_batch", type=int, action="append", default=[],
+                 help="with --ladder: also time the full ladder (last row) at this batch")
   p.add_argument("--check", action="store_true",
                  help="first compare each lever's loss and gradients with the plain path")
   p.add_argument("--check-model", dest="check_model", default="mt5_small",
@@ -305,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
           "xla_flags": args.xla_flags}
   batches = args.batch or [32]
   if args.ladder:
-    specs = [dict(s, batch=batches[0]) for s in ladder_specs(base)]
-    specs += [dict(specs[-1], batch=b, name=specs[-1]["name"]) for b in batches[1:]]
+    ladder = [dict(s, batch=batches[0]) for s in ladder_specs(base)]
+    order = (range(len(ladder)) if args.ladder_rows is None
+             else [int(i) for i in args.ladder_rows.split(",")])
+    specs = [ladder[i] for i in order]
+    specs += [dict(ladder[-1], batch=b) for b in args.best_batch]
   else:
     specs = [dict(base, batch=b, name="options as given") for b in batches]
   for spec in specs:
