@@ -18,10 +18,5 @@ DTYPE="float32"
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then DTYPE="$1"; shift; fi
 [ $# -gt 0 ] && [ "$1" = "--" ] && shift
 CMD=("$ROOT/.venv/bin/xmtf" export-hf --checkpoint_dir "$CKPT" --output_dir "$OUT" --dtype "$DTYPE" "$@")
-if [ "${DRY_RUN:-0}" = "1" ]; then
-  printf '%q ' "${CMD[@]}"; echo
-  exit 0
-fi
-bash "$ROOT/scripts/install.sh"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
-exec "${CMD[@]}"
+source "$ROOT/scripts/_run_xmtf.sh"
+run_xmtf "${CMD[@]}"

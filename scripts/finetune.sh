@@ -23,10 +23,5 @@ CMD=("$ROOT/.venv/bin/xmtf" train
   "--gin.MIXTURE_OR_TASK_MODULE=\"tasks.xp3\""
   "--gin.TASK_FEATURE_LENGTHS={'inputs': 1024, 'targets': 1024}"
   "--gin.TRAIN_STEPS=${STEPS}" "--gin.INITIAL_CHECKPOINT_PATH=${INIT}" "$@")
-if [ "${DRY_RUN:-0}" = "1" ]; then
-  printf '%q ' "${CMD[@]}"; echo
-  exit 0
-fi
-bash "$ROOT/scripts/install.sh"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
-exec "${CMD[@]}"
+source "$ROOT/scripts/_run_xmtf.sh"
+run_xmtf "${CMD[@]}"

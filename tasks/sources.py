@@ -9,6 +9,7 @@ parsing is a *stateless* ``tf.numpy_function``, so T5X can save the iterator pos
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -29,6 +30,30 @@ _CYCLE_LENGTH = 64
 def skip_malformed_records(skip: bool = False) -> bool:
   """gin flag: skip (log and count) malformed lines instead of raising. Off by default."""
   return skip
+
+
+def _validated_columns(records, num_fields: int, skips) -> tuple[np.ndarray, ...]:
+  """Columns of UTF-8 field values and an ok-mask from zero-argument record validators.
+
+  A validator raising RecordError stops the input unless skip_malformed_records is on; then
+  the record is counted in ``skips`` and yields empty fields with ok=False (filtered later).
+  """
+  skip = skip_malformed_records()
+  out = [[] for _ in range(num_fields)]
+  ok = []
+  for validate in records:
+    try:
+      values = validate()
+      ok.append(True)
+    except RecordError as e:
+      if not skip:
+        raise
+      skips.add(e)
+      values = ("",) * num_fields
+      ok.append(False)
+    for column, value in zip(out, values):
+      column.append(value.encode("utf-8"))
+  return (*[np.array(c, dtype=object) for c in out], np.array(ok, dtype=bool))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,24 +180,10 @@ class JsonlSource(seqio.DataSource):
     return sum(split_size(count_lines(f), split, holdout) for f in self.files())
 
   def _parse_batch(self, paths, numbers, lines):
-    skip = skip_malformed_records()
-    out = [[] for _ in self._fields]
-    ok = []
-    for path, number, line in zip(paths, numbers, lines):
-      where = f"{path.decode()}:{int(number) + 1}"
-      try:
-        values = parse_json_line(line, where, self._keys, self._list_fields)
-      except RecordError as e:
-        if not skip:
-          raise
-        self._skips.add(e)
-        values = ("",) * len(self._fields)
-        ok.append(False)
-      else:
-        ok.append(True)
-      for column, value in zip(out, values):
-        column.append(value.encode("utf-8"))
-    return (*[np.array(c, dtype=object) for c in out], np.array(ok, dtype=bool))
+    return _validated_columns(
+        (functools.partial(parse_json_line, line, f"{path.decode()}:{int(number) + 1}",
+                           self._keys, self._list_fields)
+         for path, number, line in zip(paths, numbers, lines)), len(self._fields), self._skips)
 
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                   shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
@@ -265,26 +276,13 @@ class HFDatasetsSource(seqio.DataSource):
     return split_size(len(self.dataset()), split, self._holdout_fn())
 
   def _fetch(self, indices):
-    skip = skip_malformed_records()
     rows = self.dataset()[[int(i) for i in indices]]
-    out = [[] for _ in self._fields]
-    ok = []
-    for j, index in enumerate(indices):
-      # Arrow fills a field missing from a line with None: report it as missing.
-      record = {k: v[j] for k, v in rows.items() if v[j] is not None}
-      where = f"{self._description} row {int(index)}"
-      try:
-        values = validate_record(record, where, self._fields, self._list_fields)
-        ok.append(True)
-      except RecordError as e:
-        if not skip:
-          raise
-        self._skips.add(e)
-        values = ("",) * len(self._fields)
-        ok.append(False)
-      for column, value in zip(out, values):
-        column.append(value.encode("utf-8"))
-    return (*[np.array(c, dtype=object) for c in out], np.array(ok, dtype=bool))
+    # Arrow fills a field missing from a line with None: report it as missing.
+    return _validated_columns(
+        (functools.partial(validate_record, {k: v[j] for k, v in rows.items() if v[j] is not None},
+                           f"{self._description} row {int(index)}", self._fields,
+                           self._list_fields)
+         for j, index in enumerate(indices)), len(self._fields), self._skips)
 
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                   shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,

@@ -62,3 +62,12 @@ def test_bench_runs_checks_and_reports_json(tmp_path):
     if dtype == "float32" and lever != "bf16 LM head":
       assert c["loss_rel"] < 1e-6 and c["grad_rel"] < 1e-5
   assert "lever" in proc.stdout and "xmtf: options as given" in proc.stdout
+
+
+@pytest.mark.parametrize("name", sorted(bench.SIZES))
+def test_bench_sizes_equal_the_model_gin_files(name):
+  """bench.py avoids gin (GPU machines may lack it), so its table is checked here."""
+  from xmtf_pipeline import gin_config
+  want = gin_config.load_model_config(name)
+  got = bench.model_config(name, dtype=want.dtype, dropout=want.dropout_rate)
+  assert got == want

@@ -170,6 +170,34 @@ def test_plan_matches_real_sizes_on_one_device():
   assert plan.optimizer_bytes == sum(x.nbytes for x in jax.tree_util.tree_leaves(opt_state))
 
 
+def test_plan_of_a_scanned_model_matches_real_sizes():
+  import jax
+
+  from xmtf_pipeline import gin_config, params, planner
+  from xmtf_pipeline.adafactor import Adafactor
+  config = gin_config.load_model_config("mt5_tiny").replace(scan_layers=True)
+  tree = params.init_params(config, jax.random.PRNGKey(0))
+  opt_state = Adafactor(min_dim_size_to_factor=64).for_logical_axes(
+      params.logical_axes(config)).init(tree)
+  assert any(x.ndim == 3 for x in jax.tree_util.tree_leaves(tree))
+  # mt5_tiny's kernels are 64 x 128: factored only with min_dim_size_to_factor <= 64.
+  plan = planner.plan_config(config, Partitioner(), 1, 8, {"inputs": 64, "targets": 16})
+  assert plan.param_bytes == sum(x.nbytes for x in jax.tree_util.tree_leaves(tree))
+  default = Adafactor().for_logical_axes(params.logical_axes(config)).init(tree)
+  assert plan.optimizer_bytes == sum(x.nbytes for x in jax.tree_util.tree_leaves(default))
+  assert sum(x.nbytes for x in jax.tree_util.tree_leaves(opt_state)) < plan.optimizer_bytes
+
+
+def test_plan_counts_one_logits_chunk_with_a_chunked_loss():
+  from xmtf_pipeline import gin_config, planner
+  config = gin_config.load_model_config("mt5_tiny")
+  lengths = {"inputs": 64, "targets": 256}
+  full = planner.plan_config(config, Partitioner(), 1, 8, lengths)
+  chunked = planner.plan_config(config, Partitioner(), 1, 8, lengths, loss_chunk_length=32)
+  # float32 logits and their gradient: 2 x 4 bytes x batch x positions x vocab.
+  assert full.activation_bytes - chunked.activation_bytes == 2 * 4 * 8 * (256 - 32) * 512
+
+
 def test_plan_cli_on_the_mt0_large_recipe(capsys):
   from xmtf_pipeline import planner
   assert planner.main(["--gin_file=mt0/mt0_large_xp3.gin", "--slice", "v4-64"]) == 0

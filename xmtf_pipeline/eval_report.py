@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 # The card lists results grouped by task type, datasets in this order (as tasks.heldout.DATASETS).
@@ -76,20 +76,26 @@ def _fmt(x: float | None) -> str:
   return "–" if x is None else f"{x:.2f}"
 
 
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+  """A markdown table; the first two columns are text, the rest right-aligned numbers."""
+  align = ["---"] * 2 + ["---:"] * (len(header) - 2)
+  return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
+          *("| " + " | ".join(str(x) for x in row) + " |" for row in rows)]
+
+
 def markdown_table(summary: Mapping[str, Any]) -> str:
   """Per (dataset, config) median/max over prompts beside mt0-large; then per-dataset means."""
-  lines = ["| dataset | config | median over prompts | max over prompts | mt0-large (card) | "
-           "prompts | examples |", "|---|---|---:|---:|---:|---:|---:|"]
-  for c in summary["configs"]:
-    lines.append(f"| {c['dataset']} | {c['config']}{' (L2)' if c['l2'] else ''} | "
-                 f"{_fmt(c['median'])} | {_fmt(c['max'])} | {_fmt(c['published'])} | "
-                 f"{c['num_prompts']} | {c['num_examples']} |")
-  lines += ["", "| dataset | configs | mean of medians | mean of maxima | L1 mean of medians | "
-            "mt0-large mean (card) |", "|---|---:|---:|---:|---:|---:|"]
-  for d in summary["datasets"]:
-    lines.append(f"| {d['dataset']} | {d['num_configs']} | {_fmt(d['mean_median'])} | "
-                 f"{_fmt(d['mean_max'])} | {_fmt(d['l1_mean_median'])} | "
-                 f"{_fmt(d['published_mean_max'])} |")
+  lines = _md_table(
+      ["dataset", "config", "median over prompts", "max over prompts", "mt0-large (card)",
+       "prompts", "examples"],
+      ([c["dataset"], f"{c['config']}{' (L2)' if c['l2'] else ''}", _fmt(c["median"]),
+        _fmt(c["max"]), _fmt(c["published"]), c["num_prompts"], c["num_examples"]]
+       for c in summary["configs"]))
+  lines += [""] + _md_table(
+      ["dataset", "configs", "mean of medians", "mean of maxima", "L1 mean of medians",
+       "mt0-large mean (card)"],
+      ([d["dataset"], d["num_configs"], _fmt(d["mean_median"]), _fmt(d["mean_max"]),
+        _fmt(d["l1_mean_median"]), _fmt(d["published_mean_max"])] for d in summary["datasets"]))
   lines += ["", "Accuracy in %, rank classification (sum of target log-probs incl. EOS). The card "
             "reports the max over prompts."]
   return "\n".join(lines)

@@ -92,23 +92,28 @@ def state_bytes(config: T5Config, partitioner: Partitioner, mesh: dict[str, int]
                 ) -> tuple[int, int]:
   """Per-device bytes of (parameters, Adafactor state) under the partitioner's rules."""
   shapes, logical = params.param_shapes(config), params.logical_axes(config)
-  rules, opt = partitioner.rules, Adafactor()
+  rules = partitioner.rules
+  opt = Adafactor().for_logical_axes(logical)  # stacked (scanned) layers are batch axes
   p_bytes, o_bytes = 0, 4  # the int32 step
   for path, shape in shapes.items():
     local = shard_shape(shape, logical[path], rules, mesh)
     p_bytes += 4 * int(np.prod(local))
-    dims = opt.factored_dims(shape)
+    dims = opt.factored_dims(shape, opt._num_batch(path))
     if dims is None:
       o_bytes += 4 * int(np.prod(local)) + 3 * 4  # v like the param; 3 unused (1,) slots
-    else:
+    else:  # v_row, v_col replicated
       d1, d0 = dims
-      o_bytes += 4 * (shape[d1] + shape[d0]) + 2 * 4  # v_row, v_col replicated
+      o_bytes += 4 * (int(np.prod(np.delete(shape, d0))) + int(np.prod(np.delete(shape, d1))))
+      o_bytes += 2 * 4
   return p_bytes, o_bytes
 
 
 def activation_bytes(config: T5Config, batch: int, len_in: int, len_out: int,
-                     model_parallel: int) -> tuple[int, int]:
-  """(no rematerialisation, per-layer rematerialisation) estimates in bytes."""
+                     model_parallel: int, loss_chunk_length: int = 0) -> tuple[int, int]:
+  """(no rematerialisation, per-layer rematerialisation) estimates in bytes.
+
+  With a chunked loss only one chunk's float32 logits (and their gradient) exist.
+  """
   d, a, V = config.emb_dim, config.num_heads, config.vocab_size
 
   def layer(s, b):
@@ -116,7 +121,8 @@ def activation_bytes(config: T5Config, batch: int, len_in: int, len_out: int,
 
   enc_layer = layer(len_in, batch)
   dec_layer = layer(len_out, batch) + len_out * batch * d * 12 + 5 * a * len_out * len_in * batch
-  logits = 2 * 4 * batch * len_out * V  # float32 logits and their gradient
+  logit_positions = min(loss_chunk_length, len_out) if loss_chunk_length else len_out
+  logits = 2 * 4 * batch * logit_positions * V  # float32 logits and their gradient
   full = config.num_encoder_layers * enc_layer + config.num_decoder_layers * dec_layer
   # With remat only each layer's input (bf16) is kept, plus one layer's working set; a fused
   # loss keeps one copy of the logits.
@@ -127,7 +133,7 @@ def activation_bytes(config: T5Config, batch: int, len_in: int, len_out: int,
 
 def plan_config(config: T5Config, partitioner: Partitioner, devices: int, batch_size: int,
                 lengths: dict[str, int], num_microbatches: int = 1,
-                capacity_gib: float | None = None) -> Plan:
+                capacity_gib: float | None = None, loss_chunk_length: int = 0) -> Plan:
   mp = partitioner.model_parallel_size
   if devices % mp:
     raise ValueError(f"num_partitions={mp} does not divide {devices} devices.")
@@ -137,7 +143,8 @@ def plan_config(config: T5Config, partitioner: Partitioner, devices: int, batch_
                      f"NUM_MICROBATCHES={num_microbatches}.")
   per_device = batch_size // mesh["data"] // num_microbatches
   p, o = state_bytes(config, partitioner, mesh)
-  act, remat = activation_bytes(config, per_device, lengths["inputs"], lengths["targets"], mp)
+  act, remat = activation_bytes(config, per_device, lengths["inputs"], lengths["targets"], mp,
+                                loss_chunk_length)
   return Plan(devices, mesh, per_device, p, o, p, act, remat,
               int(capacity_gib * GIB) if capacity_gib else None)
 
@@ -146,10 +153,11 @@ def plan_from_gin(gin_files, bindings, devices: int, chip: str | None) -> Plan:
   gin_config.parse(gin_files, ["MODEL_DIR = '/tmp/plan'", *bindings], finalize=False)
   config = gin_config.evaluate("%MODEL_CONFIG")
   partitioner = gin_config.evaluate("@partitioning.Partitioner()")
+  model = gin_config.evaluate("@models.EncoderDecoderModel()")
   plan = plan_config(config, partitioner, devices, int(gin_config.evaluate("%BATCH_SIZE")),
                      dict(gin_config.evaluate("%TASK_FEATURE_LENGTHS")),
                      int(gin_config.evaluate("%NUM_MICROBATCHES")),
-                     CHIPS[chip] if chip else None)
+                     CHIPS[chip] if chip else None, model.loss_chunk_length)
   return plan
 
 
