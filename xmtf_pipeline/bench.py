@@ -55,9 +55,12 @@ def train_flops_per_example(cfg, len_in: int, len_out: int) -> float:
   return 3.0 * (cfg.num_encoder_layers * enc + cfg.num_decoder_layers * dec + head)
 
 
-def matmul_ceiling_tflops(n: int = 8192, reps: int = 10) -> float:
+def matmul_ceiling_tflops(n: int | None = None, reps: int = 10) -> float:
+  """bf16 n x n matmuls per second; n = 8192 on accelerators, 1024 on a CPU (seconds, not
+  minutes: a CPU figure only makes the table complete)."""
   import jax
   import jax.numpy as jnp
+  n = n or (1024 if jax.default_backend() == "cpu" else 8192)
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
   f = jax.jit(lambda x, y: x @ y)
@@ -232,7 +235,7 @@ def child(spec: dict, args) -> dict:
   if kind == "check":
     from xmtf_pipeline import bench_checks
     return {"checks": bench_checks.run_checks(spec["model"], spec.get("batch", 2), args.inputs,
-                                              args.targets)}
+                                              args.targets, tuple(spec["dtypes"]))}
   if kind == "hf":
     return bench_hf(args.model, spec["batch"], args.inputs, args.targets, args.steps,
                     spec["compile"])
@@ -271,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                  help="first compare each lever's loss and gradients with the plain path")
   p.add_argument("--check-model", dest="check_model", default="mt5_small",
                  help="model size for --check (8+8 layers compile quickly)")
+  p.add_argument("--check-dtypes", dest="check_dtypes", default="float32,bfloat16",
+                 help="compute dtypes --check compares in")
   p.add_argument("--vs-hf", dest="vs_hf", action="store_true",
                  help="also time HF transformers' torch MT5 (eager and torch.compile)")
   p.add_argument("--hf-batch", type=int, action="append", help="HF torch.compile batch sizes")
@@ -298,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
   ceiling = result["ceiling_tflops"] = got["ceiling_tflops"]
   print(f"bf16 matmul ceiling: {ceiling:.1f} TFLOP/s", flush=True)
   if args.check:
-    got = run_child({"kind": "check", "model": args.check_model}, args, args.timeout)
+    got = run_child({"kind": "check", "model": args.check_model,
+                     "dtypes": args.check_dtypes.split(",")}, args, args.timeout)
     result["checks"] = got["checks"] if got else None
     if got:
       from xmtf_pipeline.bench_checks import checks_table

@@ -29,7 +29,8 @@ def _rel(a, b) -> float:
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def run_checks(model: str, batch: int, len_in: int, len_out: int) -> list[dict]:
+def run_checks(model: str, batch: int, len_in: int, len_out: int,
+               dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> list[dict]:
   import jax
 
   from xmtf_pipeline import bench, layer_stacking, models, params
@@ -48,7 +49,7 @@ def run_checks(model: str, batch: int, len_in: int, len_out: int) -> list[dict]:
           "decoder_loss_weights": (tgt > 0).astype(np.float32)}
   data = {k: jax.numpy.asarray(v) for k, v in data.items()}
   rows = []
-  for dtype in ("float32", "bfloat16"):
+  for dtype in dtypes:
     base_cfg = bench.model_config(model, dtype=dtype, dropout=0.0)
     p = params.init_params(base_cfg, jax.random.PRNGKey(0))
 
