@@ -18,6 +18,7 @@ import tasks.synthetic  # noqa: F401  (registers synthetic_copy)
 from xmtf_pipeline import (
     checkpoints,
     decoding,
+    evaluation,
     input_pipeline,
     layer_stacking,
     models,
@@ -276,6 +277,11 @@ def test_scanned_run_saves_per_layer_checkpoints_and_resumes_unscanned(tmp_path)
   got, want = (c.restore_latest(target) for c in restore)
   assert got[0] == want[0] == 6
   _assert_trees_close(got[1]["target"], want[1]["target"], 1e-5)
+  # Evaluation and inference load a checkpoint into a scanned model stacked.
+  stacked = evaluation.load_params(str(scanned_dir / "checkpoint_6"),
+                                   tiny.replace(scan_layers=True))
+  assert stacked["decoder"]["layers"]["mlp"]["wo"]["kernel"].shape == (2, 48, 32)
+  _assert_trees_close(layer_stacking.unstack(stacked, tiny), got[1]["target"], 0.0)
 
 
 def test_bad_option_values_name_the_field():
@@ -285,3 +291,18 @@ def test_bad_option_values_name_the_field():
     TINY.replace(remat_policy="some")
   with pytest.raises(ValueError, match="loss_chunk_length"):
     models.EncoderDecoderModel(TINY, loss_chunk_length=-1)
+
+
+def test_initial_checkpoint_of_another_adafactor_layout_is_named(tmp_path):
+  """Training from it needs the same factoring; evaluation reads its parameters anyway."""
+  p = _random_params(TINY)
+  ckpt = checkpoints.Checkpointer(str(tmp_path))
+  ckpt.save(3, trainer.TrainState.create(p, OPT).state_dict(), {"batches": 0})
+  ckpt.close()
+  target = trainer.TrainState.create(p, Adafactor()).state_dict()
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"state/param_states/decoder/layers_0/\S+/kernel/v_row has shape "
+                           r"\(32,\) but the optimizer expects \(1,\); .*another Adafactor"):
+    checkpoints.restore_initial(str(tmp_path / "checkpoint_3"), TINY, target)
+  got = evaluation.load_params(str(tmp_path / "checkpoint_3"), TINY)
+  _assert_trees_close(got, p, 0.0)

@@ -115,7 +115,7 @@ def _checkpoint_step_dir(path: str) -> tuple[str, int]:
   return path, latest
 
 
-def restore_initial(path: str, config: T5Config, target: Any) -> Any:
+def restore_initial(path: str, config: T5Config, target: Any, params_only: bool = False) -> Any:
   """The full train state (params, Adafactor state, step) of INITIAL_CHECKPOINT_PATH.
 
   Accepts, besides our own checkpoints: a Hugging Face MT5 directory
@@ -125,6 +125,8 @@ def restore_initial(path: str, config: T5Config, target: Any) -> Any:
   gs:// (their params, Adafactor state and step, as T5X's own restore).
   The parameter tree is checked against the model config first, so a checkpoint
   of another size fails naming the first mismatching parameter and both shapes.
+  ``params_only`` (evaluation): our checkpoints' optimizer state is restored as
+  saved, whatever Adafactor configuration wrote it.
   """
   from xmtf_pipeline import hf_import, t5x_import  # lazy: only INITIAL_CHECKPOINT_PATH needs them
 
@@ -150,8 +152,26 @@ def restore_initial(path: str, config: T5Config, target: Any) -> Any:
     raise CheckpointError(f"{directory}/{STEP_PREFIX}_{step} has no 'target' parameters.")
   shapes = jax.tree_util.tree_map(lambda m: _Shaped(tuple(m.shape)), dict(tree["target"]))
   params_lib.check_params(shapes, config, source=f"INITIAL_CHECKPOINT_PATH {path}")
+  saved_state = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
+                                       dict(tree["state"]), is_leaf=lambda m: hasattr(m, "shape"))
+  if params_only:
+    target = {"target": target["target"], "state": saved_state}
+  else:
+    _check_optimizer_state(saved_state, target["state"], f"{directory}/{STEP_PREFIX}_{step}")
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   return restored["state"]
+
+
+def _check_optimizer_state(saved: Any, want: Any, source: str) -> None:
+  saved, want = params_lib.flatten(saved), params_lib.flatten(want)
+  for name, like in want.items():
+    got = saved.get(name)
+    if got is None or tuple(got.shape) != tuple(like.shape):
+      raise CheckpointError(
+          f"INITIAL_CHECKPOINT_PATH {source}: state/{name} has shape "
+          f"{None if got is None else tuple(got.shape)} but the optimizer expects "
+          f"{tuple(like.shape)}; the checkpoint was written with another Adafactor "
+          "configuration (factored, min_dim_size_to_factor, beta1): use the same one.")
 
 
 @dataclasses.dataclass

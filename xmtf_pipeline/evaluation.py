@@ -69,8 +69,17 @@ def load_params(checkpoint_path: str, config: T5Config) -> Any:
 
   Accepts an HF MT5 folder, our ``MODEL_DIR`` (newest) or ``MODEL_DIR/checkpoint_N``,
   and native T5X checkpoints (through checkpoints.restore_initial). A checkpoint of
-  another size or vocabulary fails naming the first mismatching parameter.
+  another size or vocabulary fails naming the first mismatching parameter. Files hold
+  per-layer parameters; a scanned ``config`` gets them stacked.
   """
+  from xmtf_pipeline import layer_stacking
+
+  disk = config.replace(scan_layers=False)
+  params = _load_per_layer_params(checkpoint_path, disk)
+  return layer_stacking.stack(params, disk) if config.scan_layers else params
+
+
+def _load_per_layer_params(checkpoint_path: str, config: T5Config) -> Any:
   from xmtf_pipeline import checkpoints, hf_import
   from xmtf_pipeline.adafactor import Adafactor
   from xmtf_pipeline.trainer import TrainState
@@ -83,7 +92,7 @@ def load_params(checkpoint_path: str, config: T5Config) -> Any:
   abstract = jax.eval_shape(lambda: TrainState.create(
       params_lib.init_params(config, jax.random.PRNGKey(0)), Adafactor()).state_dict())
   try:
-    state = checkpoints.restore_initial(checkpoint_path, config, abstract)
+    state = checkpoints.restore_initial(checkpoint_path, config, abstract, params_only=True)
   except params_lib.ParamMismatchError as e:  # restore_initial names the training flag
     raise params_lib.ParamMismatchError(
         str(e).replace("INITIAL_CHECKPOINT_PATH", "CHECKPOINT_PATH")) from None
