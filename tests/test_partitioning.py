@@ -196,6 +196,14 @@ def test_plan_counts_one_logits_chunk_with_a_chunked_loss():
   chunked = planner.plan_config(config, Partitioner(), 1, 8, lengths, loss_chunk_length=32)
   # float32 logits and their gradient: 2 x 4 bytes x batch x positions x vocab.
   assert full.activation_bytes - chunked.activation_bytes == 2 * 4 * 8 * (256 - 32) * 512
+  # With remat on, the verdict rests on the remat estimate (capacity between the bounds).
+  remat = planner.plan_config(config.replace(remat_policy="full"), Partitioner(), 1, 8, lengths,
+                              loss_chunk_length=32, capacity_gib=0.0)
+  cap = (remat.total_bytes + remat.remat_total_bytes) / 2 / 0.9
+  remat.capacity_bytes = int(cap)
+  assert "fits with remat_policy='full'" in remat.table()
+  chunked.capacity_bytes = int(cap)
+  assert "fits only with rematerialisation" in chunked.table()
 
 
 def test_plan_cli_on_the_mt0_large_recipe(capsys):

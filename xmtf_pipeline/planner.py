@@ -38,6 +38,7 @@ class Plan:
   activation_bytes: int
   remat_activation_bytes: int
   capacity_bytes: int | None
+  remat_policy: str = "none"  # the config's; with remat on, the lower bound is the estimate
 
   @property
   def total_bytes(self) -> int:
@@ -60,7 +61,10 @@ class Plan:
     lines += [f"  {name:<40} {b / GIB:10.2f} GiB" for name, b in rows]
     if self.capacity_bytes:
       cap = 0.9 * self.capacity_bytes
+      remat_on = self.remat_policy != "none"
       verdict = ("fits" if self.total_bytes <= cap else
+                 f"fits with remat_policy={self.remat_policy!r}"
+                 if remat_on and self.remat_total_bytes <= cap else
                  "fits only with rematerialisation (XLA's or per-layer)"
                  if self.remat_total_bytes <= cap else "does NOT fit")
       lines.append(f"  {'device memory':<40} {self.capacity_bytes / GIB:10.2f} GiB -> {verdict} "
@@ -146,7 +150,7 @@ def plan_config(config: T5Config, partitioner: Partitioner, devices: int, batch_
   act, remat = activation_bytes(config, per_device, lengths["inputs"], lengths["targets"], mp,
                                 loss_chunk_length)
   return Plan(devices, mesh, per_device, p, o, p, act, remat,
-              int(capacity_gib * GIB) if capacity_gib else None)
+              int(capacity_gib * GIB) if capacity_gib else None, config.remat_policy)
 
 
 def plan_from_gin(gin_files, bindings, devices: int, chip: str | None) -> Plan:
