@@ -72,3 +72,13 @@ def test_bench_sizes_equal_the_model_gin_files(name):
   want = gin_config.load_model_config(name)
   got = bench.model_config(name, dtype=want.dtype, dropout=want.dropout_rate)
   assert got == want
+
+
+def test_bench_imports_neither_tensorflow_seqio_nor_gin():
+  """GPU machines carry jax, flax, optax, torch and transformers only."""
+  code = ("import sys; from xmtf_pipeline import bench, bench_checks, layer_stacking, models, "
+          "partitioning, trainer; bad = [m for m in ('tensorflow', 'seqio', 'gin') "
+          "if m in sys.modules]; assert not bad, bad")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
