@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -189,6 +190,21 @@ class MlpBlock(nn.Module):
     return out
 
 
+@flax.struct.dataclass
+class PaddingMask:
+  """An attention mask that is padding (and causality) alone, with its lengths.
+
+  Unpacked seqio batches pad at the end, so ``mask`` is also described by each row's
+  query and key lengths. Fused attention takes the lengths instead of the mask: JAX's
+  cuDNN path would fold a (batch, 1, q, k) mask into the position bias, making the
+  bias batch-sized (as large as the attention matrix) and its gradient depend on the
+  kernel's batch-bias support. The einsum path uses ``mask``.
+  """
+  mask: Array
+  q_lengths: Array  # (batch,) int32
+  kv_lengths: Array
+
+
 def combine_masks(*masks: Array | None) -> Array | None:
   masks = [m for m in masks if m is not None]
   if not masks:
@@ -226,9 +242,10 @@ class MultiHeadAttention(nn.Module):
   # attention dropout is active and outside incremental decoding (T5X's dropout mask,
   # shared by all queries, has no fused equivalent); elsewhere the einsum path runs.
   implementation: str = "einsum"
+  causal: bool = False  # decoder self-attention (fused kernels with lengths need to know)
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None,
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | PaddingMask | None,
                bias: Array | None, deterministic: bool, decode: bool = False) -> Array:
     depth_scaling = jnp.sqrt(self.head_dim).astype(jnp.float32)
 
@@ -243,18 +260,24 @@ class MultiHeadAttention(nn.Module):
     head_axes = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV)
     query, key, value = (constrain(t, head_axes) for t in (query, key, value))
 
+    padding = mask if isinstance(mask, PaddingMask) else None
+    if padding is not None:
+      mask = padding.mask
     if decode:
       key, value, mask = self._update_cache(key, value, mask)
 
     dropout = not deterministic and self.dropout_rate > 0.0
     if self.implementation != "einsum" and not dropout and not decode:
-      # The mask and the (1, heads, q, k) position bias go in separately: folding a
-      # per-example mask into the bias would make the bias batch-sized (and its gradient
-      # a batch reduction some fused kernels skip); tests check the bias gradient.
+      # The (1, heads, q, k) position bias stays broadcast over the batch; padding goes
+      # in as lengths where known (see PaddingMask), else as the mask.
+      lengths = {}
+      if padding is not None:
+        lengths = dict(query_seq_lengths=padding.q_lengths,
+                       key_value_seq_lengths=padding.kv_lengths, is_causal=self.causal)
       out = jax.nn.dot_product_attention(
           query, key, value, bias=None if bias is None else bias.astype(query.dtype),
-          mask=mask, scale=1.0,
-          implementation="cudnn" if self.implementation == "cudnn" else None)
+          mask=None if padding is not None else mask, scale=1.0,
+          implementation="cudnn" if self.implementation == "cudnn" else None, **lengths)
     else:
       out = self._einsum_attention(query, key, value, mask, bias, dropout)
     out = constrain(out, head_axes)

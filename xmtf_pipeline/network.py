@@ -105,7 +105,8 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     dt = cfg.compute_dtype
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_self_attention_layer_norm")(inputs)
-    x = _attention(cfg, "self_attention")(x, x, self_mask, bias, deterministic, decode=decode)
+    x = _attention(cfg, "self_attention", causal=True)(x, x, self_mask, bias, deterministic,
+                                                       decode=decode)
     x = _dropout(cfg.dropout_rate, x, deterministic) + inputs
     y = layers.RMSNorm(cfg.layer_norm_epsilon, dt, name="pre_cross_attention_layer_norm")(x)
     y = _attention(cfg, "encoder_decoder_attention")(y, encoded, cross_mask, None, deterministic)
@@ -117,10 +118,21 @@ class DecoderLayer(nn.Module):
     return (z, None) if self.scanned else z
 
 
-def _attention(cfg: T5Config, name: str) -> layers.MultiHeadAttention:
+def _attention(cfg: T5Config, name: str, causal: bool = False) -> layers.MultiHeadAttention:
   return layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate,
                                    cfg.compute_dtype, cfg.float32_attention_logits,
-                                   cfg.attention_impl, name=name)
+                                   cfg.attention_impl, causal, name=name)
+
+
+def _padding(mask: Array, q_valid: Array, kv_valid: Array, fused: bool):
+  """``mask``, or with fused attention a PaddingMask carrying the rows' lengths.
+
+  Only for unpacked batches, whose padding is trailing (seqio pads at the end).
+  """
+  if not fused:
+    return mask
+  return layers.PaddingMask(mask, jnp.sum(q_valid, -1, dtype=jnp.int32),
+                            jnp.sum(kv_valid, -1, dtype=jnp.int32))
 
 
 def _layer_stack(layer_cls: type[nn.Module], cfg: T5Config, num_layers: int, num_args: int,
@@ -235,6 +247,8 @@ class Transformer(nn.Module):
     if encoder_segment_ids is not None:
       mask = layers.combine_masks(
           mask, layers.attention_mask(encoder_segment_ids, encoder_segment_ids, jnp.equal))
+    else:
+      mask = _padding(mask, valid, valid, self.config.attention_impl != "einsum")
     return self.encoder(encoder_input_tokens, mask, deterministic=not enable_dropout)
 
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
@@ -266,6 +280,10 @@ class Transformer(nn.Module):
             self_mask, layers.attention_mask(decoder_segment_ids, decoder_segment_ids, jnp.equal))
         cross_mask = layers.combine_masks(
             cross_mask, layers.attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal))
+      else:
+        fused = self.config.attention_impl != "einsum"
+        self_mask = _padding(self_mask, dec_valid, dec_valid, fused)
+        cross_mask = _padding(cross_mask, dec_valid, enc_valid, fused)
     return self.decoder(encoded, decoder_input_tokens, self_mask, cross_mask,
                         deterministic=not enable_dropout, decode=decode,
                         decode_position=decode_position, return_hidden=return_hidden)
