@@ -19,6 +19,7 @@ LEVERS = (
     ("bf16 LM head", {"head_dtype": "bfloat16"}, 0),
     ("dot_product_attention (XLA)", {"attention_impl": "dot_product_attention"}, 0),
     ("cuDNN attention", {"attention_impl": "cudnn"}, 0),
+    ("cuDNN attention, packed rows", {"attention_impl": "cudnn"}, 0),
 )
 # Relative tolerances: float32 differs only by summation order; bf16 paths round differently.
 TOLERANCE = {"float32": (1e-5, 1e-4), "bfloat16": (2e-2, 5e-2)}
@@ -47,17 +48,24 @@ def run_checks(model: str, batch: int, len_in: int, len_out: int,
   dec = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], 1)
   data = {"encoder_input_tokens": enc, "decoder_target_tokens": tgt, "decoder_input_tokens": dec,
           "decoder_loss_weights": (tgt > 0).astype(np.float32)}
-  data = {k: jax.numpy.asarray(v) for k, v in data.items()}
+  # The same rows as two packed segments each (segment masks instead of lengths).
+  packed = dict(data)
+  packed["encoder_segment_ids"] = np.where(np.arange(len_in) < len_in // 2, 1, 2) * (enc > 0)
+  packed["decoder_segment_ids"] = np.where(np.arange(len_out) < len_out // 2, 1, 2) * (tgt > 0)
+  packed["encoder_positions"] = np.zeros_like(enc)
+  packed["decoder_positions"] = np.zeros_like(tgt)
+  batches = {False: data, True: packed}
+  batches = {k: {n: jax.numpy.asarray(v) for n, v in b.items()} for k, b in batches.items()}
   rows = []
   for dtype in dtypes:
     base_cfg = bench.model_config(model, dtype=dtype, dropout=0.0)
     p = params.init_params(base_cfg, jax.random.PRNGKey(0))
 
-    def grads(cfg, chunk, q):
+    def grads(cfg, chunk, q, is_packed=False):
       m = models.EncoderDecoderModel(cfg, loss_normalizing_factor="AVERAGE_PER_SEQUENCE",
                                      loss_chunk_length=chunk)
-      norm, w = m.normalizer_and_weights(data)
-      b = dict(data, decoder_loss_weights=w)
+      norm, w = m.normalizer_and_weights(batches[is_packed])
+      b = dict(batches[is_packed], decoder_loss_weights=w)
       fn = jax.jit(jax.value_and_grad(lambda x: m.loss_fn(x, b, None, norm)[0]))
       with jax.default_matmul_precision("highest" if cfg.dtype == "float32" else "default"):
         loss, g = fn(q)
@@ -65,13 +73,15 @@ def run_checks(model: str, batch: int, len_in: int, len_out: int,
         g = layer_stacking.unstack(g, cfg.replace(scan_layers=False))
       return float(loss), params.flatten(jax.device_get(g))
 
-    ref_loss, ref = grads(base_cfg, 0, p)
+    refs = {k: grads(base_cfg, 0, p, k) for k in (False, True)}
     for name, options, chunk in LEVERS:
+      is_packed = "packed" in name
+      ref_loss, ref = refs[is_packed]
       cfg = base_cfg.replace(**options)
       row = {"lever": name, "dtype": dtype}
       try:
         q = layer_stacking.stack(p, base_cfg) if cfg.scan_layers else p
-        loss, g = grads(cfg, chunk, q)
+        loss, g = grads(cfg, chunk, q, is_packed)
       except Exception as e:  # e.g. cuDNN attention where there is no cuDNN
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         rows.append(row)
