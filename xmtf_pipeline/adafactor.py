@@ -88,7 +88,7 @@ class Adafactor:
       return None
     return int(order[-2]) + num_batch, int(order[-1]) + num_batch
 
-  def _num_batch(self, path: str) -> int:
+  def num_batch_dims(self, path: str) -> int:
     return (self.batch_dims or {}).get(path, 0)
 
   def init_param_state(self, param: jax.Array, num_batch: int = 0) -> dict[str, jax.Array]:
@@ -106,7 +106,7 @@ class Adafactor:
 
   def init(self, params: PyTree) -> dict[str, Any]:
     """``{'step': int32 0, 'param_states': tree of slot dicts}``."""
-    param_states = _map_with_path(lambda path, p: self.init_param_state(p, self._num_batch(path)),
+    param_states = _map_with_path(lambda path, p: self.init_param_state(p, self.num_batch_dims(path)),
                                   params)
     return {"step": jnp.zeros((), jnp.int32), "param_states": param_states}
 
@@ -170,7 +170,7 @@ class Adafactor:
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     grad_leaves = treedef.flatten_up_to(grads)
     state_leaves = treedef.flatten_up_to(opt_state["param_states"])
-    out = [self.update_param(step, lr, p, s, g, self._num_batch(_path_str(kp)))
+    out = [self.update_param(step, lr, p, s, g, self.num_batch_dims(_path_str(kp)))
            for (kp, p), s, g in zip(path_leaves, state_leaves, grad_leaves)]
     new_params = treedef.unflatten([o[0] for o in out])
     new_states = treedef.unflatten([o[1] for o in out])

@@ -248,7 +248,7 @@ def child(spec: dict, args) -> dict:
   return r
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="xmtf bench train", description=__doc__.split("\n")[0])
   p.add_argument("what", nargs="?", default="train", choices=["train"])
   p.add_argument("--model", default="mt5_large", choices=sorted(SIZES))
@@ -283,12 +283,30 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--timeout", type=float, default=420, help="seconds per measurement")
   p.add_argument("--json", help="write the results here as JSON")
   p.add_argument("--_child", help=argparse.SUPPRESS)
-  args = p.parse_args(argv)
+  return p
+
+
+def row_specs(args) -> list[dict]:
+  """Our rows: the options as given at each --batch, or the (selected) lever ladder."""
+  base = {"kind": "xmtf", "dropout": args.dropout, "scan_layers": args.scan,
+          "remat_policy": args.remat, "loss_chunk": args.loss_chunk,
+          "head_dtype": args.head_dtype, "attention_impl": args.attention,
+          "xla_flags": args.xla_flags}
+  batches = args.batch or [32]
+  if not args.ladder:
+    return [dict(base, batch=b, name="options as given") for b in batches]
+  ladder = [dict(s, batch=batches[0]) for s in ladder_specs(base)]
+  order = (range(len(ladder)) if args.ladder_rows is None
+           else [int(i) for i in args.ladder_rows.split(",")])
+  return [ladder[i] for i in order] + [dict(ladder[-1], batch=b) for b in args.best_batch]
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
   if args._child:
     print("CHILDJSON:" + json.dumps(child(json.loads(args._child), args)), flush=True)
     return 0
-  cfg = model_config(args.model)
-  flops = train_flops_per_example(cfg, args.inputs, args.targets)
+  flops = train_flops_per_example(model_config(args.model), args.inputs, args.targets)
   result = {"model": args.model, "inputs": args.inputs, "targets": args.targets,
             "flops_per_example": flops, "rows": []}
 
@@ -310,37 +328,26 @@ def main(argv: list[str] | None = None) -> int:
       from xmtf_pipeline.bench_checks import checks_table
       print(checks_table(got["checks"]), flush=True)
     save()
-  base = {"kind": "xmtf", "dropout": args.dropout, "scan_layers": args.scan,
-          "remat_policy": args.remat, "loss_chunk": args.loss_chunk,
-          "head_dtype": args.head_dtype, "attention_impl": args.attention,
-          "xla_flags": args.xla_flags}
-  batches = args.batch or [32]
-  if args.ladder:
-    ladder = [dict(s, batch=batches[0]) for s in ladder_specs(base)]
-    order = (range(len(ladder)) if args.ladder_rows is None
-             else [int(i) for i in args.ladder_rows.split(",")])
-    specs = [ladder[i] for i in order]
-    specs += [dict(ladder[-1], batch=b) for b in args.best_batch]
-  else:
-    specs = [dict(base, batch=b, name="options as given") for b in batches]
+  specs = row_specs(args)
+  if args.vs_hf:
+    specs += [{"kind": "hf", "batch": b, "compile": False} for b in args.hf_eager_batch or [8]]
+    specs += [{"kind": "hf", "batch": b, "compile": True} for b in args.hf_batch or [16]]
   for spec in specs:
     r = run_child(spec, args, args.timeout)
     if r is not None:
       result["rows"].append(_finish(r, flops, ceiling, args.inputs, args.targets))
       print(table(result["rows"][-1:]), flush=True)
       save()
-  if args.vs_hf:
-    for compiled, batches_hf in ((False, args.hf_eager_batch or [8]),
-                                 (True, args.hf_batch or [16])):
-      for b in batches_hf:
-        r = run_child({"kind": "hf", "batch": b, "compile": compiled}, args, args.timeout)
-        if r is not None:
-          result["rows"].append(_finish(r, flops, ceiling, args.inputs, args.targets))
-          print(table(result["rows"][-1:]), flush=True)
-          save()
+  _summarise(result, args)
+  save()
+  return 0
+
+
+def _summarise(result: dict, args) -> None:
   rows = result["rows"]
-  print(f"{args.model} {args.inputs}/{args.targets}: {flops / 1e12:.3f} TFLOP per example "
-        f"(fwd+bwd); bf16 matmul ceiling measured {ceiling:.1f} TFLOP/s")
+  print(f"{args.model} {args.inputs}/{args.targets}: {result['flops_per_example'] / 1e12:.3f} "
+        f"TFLOP per example (fwd+bwd); bf16 matmul ceiling measured "
+        f"{result['ceiling_tflops']:.1f} TFLOP/s")
   print(table(rows))
   ours = [r for r in rows if r["engine"].startswith("xmtf")]
   hf = [r for r in rows if "compile" in r["engine"]]
@@ -350,8 +357,6 @@ def main(argv: list[str] | None = None) -> int:
     result["ratio_vs_hf_compile"] = best["examples_per_s"] / ref["examples_per_s"]
     print(f"xmtf / HF torch.compile: {result['ratio_vs_hf_compile']:.2f}x")
   print("JSON:" + json.dumps(result))
-  save()
-  return 0
 
 
 if __name__ == "__main__":

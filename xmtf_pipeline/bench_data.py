@@ -68,6 +68,31 @@ def _data_child(cores: int, task: str, lengths: str, examples: int, packed_examp
   return 0
 
 
+def _measure(cores: Sequence[int], args, packed_examples: int) -> list[dict] | None:
+  """One fresh process per core count (TF's thread pools are fixed at its first op)."""
+  runs = []
+  for n in cores:
+    cmd = [sys.executable, "-m", "xmtf_pipeline.bench_data", "--_child", str(n),
+           "--task", args.task, "--lengths", args.lengths, "--examples", str(args.examples),
+           "--_packed_examples", str(packed_examples), "--batch", str(args.batch),
+           "--seed", str(args.seed)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    line = [x for x in proc.stdout.splitlines() if x.startswith("DATAJSON:")]
+    if proc.returncode or not line:
+      print(f"xmtf bench data: error: the {n}-core measurement failed:\n{proc.stderr[-3000:]}",
+            file=sys.stderr)
+      return None
+    r = json.loads(line[0][len("DATAJSON:"):])
+    r["wall_s"] = time.perf_counter() - t
+    runs.append(r)
+    print(f"  {n} core(s): unpacked {r['unpacked']['examples_per_s']:,.0f} ex/s "
+          f"({r['unpacked']['examples_per_s'] / n:,.0f} per core), packed "
+          f"{r['packed']['examples_per_s']:,.0f} ex/s ({r['packed']['examples_per_s'] / n:,.0f} "
+          "per core)", flush=True)
+  return runs
+
+
 def main_data(argv: Sequence[str]) -> int:
   p = argparse.ArgumentParser(
       prog="xmtf bench data",
@@ -112,27 +137,9 @@ def main_data(argv: Sequence[str]) -> int:
         f"unpacked, {packed_examples} packed ({epr:.2f} examples per packed row); {usable} usable "
         f"cores (os.cpu_count() {os.cpu_count()}), load average {os.getloadavg()[0]:.2f}",
         flush=True)
-  runs = []
-  for n in cores:
-    # A fresh process per core count: TF's thread pools are fixed at its first op.
-    cmd = [sys.executable, "-m", "xmtf_pipeline.bench_packing", "data", "--_child", str(n),
-           "--task", args.task, "--lengths", args.lengths, "--examples", str(args.examples),
-           "--_packed_examples", str(packed_examples), "--batch", str(args.batch),
-           "--seed", str(args.seed)]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-    line = [x for x in proc.stdout.splitlines() if x.startswith("DATAJSON:")]
-    if proc.returncode or not line:
-      print(f"xmtf bench data: error: the {n}-core measurement failed:\n{proc.stderr[-3000:]}",
-            file=sys.stderr)
-      return 1
-    r = json.loads(line[0][len("DATAJSON:"):])
-    r["wall_s"] = time.perf_counter() - t
-    runs.append(r)
-    print(f"  {n} core(s): unpacked {r['unpacked']['examples_per_s']:,.0f} ex/s "
-          f"({r['unpacked']['examples_per_s'] / n:,.0f} per core), packed "
-          f"{r['packed']['examples_per_s']:,.0f} ex/s ({r['packed']['examples_per_s'] / n:,.0f} "
-          "per core)", flush=True)
+  runs = _measure(cores, args, packed_examples)
+  if runs is None:
+    return 1
   gpu_rows = args.gpu_examples_per_s
   need = {"unpacked": gpu_rows, "packed": gpu_rows * epr}
   one = next((r for r in runs if r["cores"] == 1), min(runs, key=lambda r: r["cores"]))
@@ -160,3 +167,7 @@ def main_data(argv: Sequence[str]) -> int:
   print("JSON:" + json.dumps(result))
   write_json(args.json, result)
   return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main_data(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""``xmtf bench packing`` (and the dispatch of ``xmtf bench data``, in ``bench_data``).
+"""``xmtf bench packing``: what packing buys (``xmtf bench data`` lives in ``bench_data``).
 
 ``xmtf bench packing`` tokenizes a task (default: the bundled ``xp3_sample``) or xP3-format JSON
 lines (``--jsonl``), reports the length distribution and, for the mT0 recipe (unpacked rows of
@@ -504,17 +504,5 @@ def write_json(path: str | None, result: Mapping) -> None:
       json.dump(result, f, indent=2)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  if argv and argv[0] == "packing":
-    return main_packing(argv[1:])
-  if argv and argv[0] == "data":
-    from xmtf_pipeline import bench_data
-    return bench_data.main_data(argv[1:])
-  print("usage: xmtf bench {packing,data} ... (xmtf bench train: xmtf_pipeline.bench)",
-        file=sys.stderr)
-  return 2
-
-
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(main_packing(sys.argv[1:]))

@@ -148,9 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     from xmtf_pipeline import planner
     return planner.main(argv[1:])
   if argv and argv[0] == "bench":
-    if len(argv) > 1 and argv[1] in ("packing", "data"):
+    if len(argv) > 1 and argv[1] == "packing":
       from xmtf_pipeline import bench_packing
-      return bench_packing.main(argv[1:])
+      return bench_packing.main_packing(argv[2:])
+    if len(argv) > 1 and argv[1] == "data":
+      from xmtf_pipeline import bench_data
+      return bench_data.main_data(argv[2:])
     from xmtf_pipeline import bench
     return bench.main(argv[1:])
   args = build_parser().parse_args(argv)

@@ -102,7 +102,7 @@ def state_bytes(config: T5Config, partitioner: Partitioner, mesh: dict[str, int]
   for path, shape in shapes.items():
     local = shard_shape(shape, logical[path], rules, mesh)
     p_bytes += 4 * int(np.prod(local))
-    dims = opt.factored_dims(shape, opt._num_batch(path))
+    dims = opt.factored_dims(shape, opt.num_batch_dims(path))
     if dims is None:
       o_bytes += 4 * int(np.prod(local)) + 3 * 4  # v like the param; 3 unused (1,) slots
     else:  # v_row, v_col replicated

@@ -127,9 +127,8 @@ def optimizer_for(model: EncoderDecoderModel, optimizer: Adafactor) -> Adafactor
 
 def state_shardings(config, optimizer: Adafactor, partitioner, mesh) -> dict[str, Any]:
   """Shardings of the train state dict of ``config`` (no allocation)."""
-  boxed = params_lib.abstract_variables(config)["params"]
-  abstract_opt = jax.eval_shape(optimizer.init, nn.unbox(boxed))
-  return partitioner.state_shardings(mesh, boxed, abstract_opt)
+  return jax.tree_util.tree_map(lambda x: x.sharding,
+                                abstract_state(config, optimizer, partitioner, mesh))
 
 
 def abstract_state(config, optimizer: Adafactor, partitioner, mesh) -> dict[str, Any]:
