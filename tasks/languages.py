@@ -114,27 +114,24 @@ DATASET_TO_CLUSTER: dict[str, str] = {
 _HELD_OUT_NORMALIZED = tuple(sorted({normalize_dataset(d) for d in HELD_OUT_DATASETS}))
 
 
+def _checked(names, known, what: str, valid: str) -> list[str]:
+  """``names`` (one or many) as a list, or a ValueError naming the unknown ones."""
+  names = [names] if isinstance(names, str) else list(names)
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f"Unknown {what} {unknown}. {valid}.")
+  return names
+
+
 def check_languages(codes, family: str = "xP3", known=None) -> list[str]:
   """Returns ``codes`` as a list, or raises naming the unknown ones and the valid choices."""
   known = XP3_LANGUAGES if known is None else known
-  if isinstance(codes, str):
-    codes = [codes]
-  unknown = [c for c in codes if c not in known]
-  if unknown:
-    raise ValueError(
-        f"Unknown {family} language(s) {unknown}. Valid codes: {', '.join(sorted(known))}.")
-  return list(codes)
+  return _checked(codes, known, f"{family} language(s)", f"Valid codes: {', '.join(sorted(known))}")
 
 
 def check_clusters(names) -> list[str]:
   """Returns ``names`` as a list, or raises naming the unknown clusters and the 13 valid ones."""
-  if isinstance(names, str):
-    names = [names]
-  unknown = [n for n in names if n not in CLUSTERS]
-  if unknown:
-    raise ValueError(
-        f"Unknown xP3 cluster(s) {unknown}. Valid clusters: {', '.join(CLUSTERS)}.")
-  return list(names)
+  return _checked(names, CLUSTERS, "xP3 cluster(s)", f"Valid clusters: {', '.join(CLUSTERS)}")
 
 
 def dataset_from_filename(stem: str, extra: dict[str, str] | None = None) -> str | None:
