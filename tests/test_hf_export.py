@@ -3,6 +3,8 @@ keeps the head untied, and a plain transformers script (no xmtf import) generate
 
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import textwrap
@@ -166,22 +168,68 @@ def test_model_card_carries_eval_results(tmp_path):
   assert "## Evaluation results" in card and "| xcopa/sw | 51.2 |" in card
 
 
+def _tree(root):
+  """{relative path: bytes} of every file under root (to prove a folder was left intact)."""
+  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_refuses_existing_output_dir_unless_overwrite(exported, tmp_path, capsys):
   ckpt = exported[0]
   out = tmp_path / "taken"
   out.mkdir()
   (out / "precious.txt").write_text("keep")
   assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(out)]) == 2
-  assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
+  assert "exists and is not empty" in capsys.readouterr().err
   assert (out / "precious.txt").read_text() == "keep"
   assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]  # nothing half-written left
-  assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(out),
-                   "--overwrite"]) == 0
-  assert not (out / "precious.txt").exists() and (out / "model.safetensors").is_file()
   # The input itself is never a valid output.
   assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir",
                    os.path.dirname(ckpt), "--overwrite"]) == 2
   assert "contains the input" in capsys.readouterr().err and os.path.isdir(ckpt)
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_an_export(exported, tmp_path, capsys):
+  """--overwrite replaces an earlier export only: another run's checkpoints survive intact."""
+  ckpt = exported[0]
+  other_run = tmp_path / "other_run"
+  save_our_checkpoint(str(other_run), step=3)
+  (other_run / "notes.txt").write_text("mine")
+  before = _tree(other_run)
+  assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(other_run),
+                   "--overwrite"]) == 2
+  err = capsys.readouterr().err
+  assert "not an earlier export" in err and "checkpoint_3" in err and "notes.txt" in err, err
+  assert len(err.strip().splitlines()) == 1, err
+  assert _tree(other_run) == before
+  assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+  # An earlier export with a file of someone else's added to it is not ours either.
+  export = tmp_path / "export"
+  shutil.copytree(exported[2], export)
+  (export / "my_eval.txt").write_text("results")
+  before = _tree(export)
+  assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(export),
+                   "--overwrite"]) == 2
+  assert "my_eval.txt" in capsys.readouterr().err
+  assert _tree(export) == before
+
+
+def test_overwrite_replaces_an_earlier_export_with_normal_permissions(exported, tmp_path, capsys):
+  ckpt = exported[0]
+  out = tmp_path / "hf"
+  old_umask = os.umask(0o022)
+  try:
+    assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(out)]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    (out / "README.md").write_text("---\n---\nexported with `xmtf export-hf`.\n")  # mark it
+    assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(out)]) == 2
+    assert "holds an earlier export; pass --overwrite" in capsys.readouterr().err
+    assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(out),
+                     "--overwrite"]) == 0
+  finally:
+    os.umask(old_umask)
+  assert "## Model" in (out / "README.md").read_text()  # replaced by a fresh export
+  assert stat.S_IMODE(out.stat().st_mode) == 0o755
+  assert sorted(os.listdir(out)) == sorted(os.listdir(exported[2]))
 
 
 def test_mismatching_model_is_a_clear_error(exported, tmp_path, capsys):

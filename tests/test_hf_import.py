@@ -4,6 +4,7 @@ pytorch_model.bin, single and sharded; bitwise round trips; each bad input a cle
 import json
 import os
 import shutil
+import stat
 
 import jax
 import numpy as np
@@ -220,8 +221,34 @@ def test_import_refuses_existing_output_dir(tmp_path, capsys):
   out = tmp_path / "taken"
   out.mkdir()
   (out / "notes.txt").write_text("mine")
+  (out / "checkpoint_9").mkdir()
+  (out / "checkpoint_9" / "checkpoint").write_bytes(b"another run")
   assert cli.main(["import-hf", "--hf_dir", src, "--output_dir", str(out)]) == 2
-  assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
+  assert "exists and is not empty" in capsys.readouterr().err
   assert (out / "notes.txt").read_text() == "mine"
-  assert cli.main(["import-hf", "--hf_dir", src, "--output_dir", str(out), "--overwrite"]) == 0
-  assert (out / "checkpoint_0").is_dir() and not (out / "notes.txt").exists()
+  # --overwrite replaces only an earlier import: this folder survives intact.
+  assert cli.main(["import-hf", "--hf_dir", src, "--output_dir", str(out), "--overwrite"]) == 2
+  err = capsys.readouterr().err
+  assert "not an earlier import" in err and "notes.txt" in err and "checkpoint_9" in err, err
+  assert (out / "notes.txt").read_text() == "mine"
+  assert (out / "checkpoint_9" / "checkpoint").read_bytes() == b"another run"
+  assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+def test_import_overwrite_replaces_an_earlier_import(tmp_path, capsys):
+  src = write_hf_dir(str(tmp_path / "src"), random_params(TINY), TINY)
+  out = tmp_path / "ckpt"
+  old_umask = os.umask(0o022)
+  try:
+    assert cli.main(["import-hf", "--hf_dir", src, "--output_dir", str(out)]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert cli.main(["import-hf", "--hf_dir", src, "--output_dir", str(out)]) == 2
+    assert "holds an earlier import; pass --overwrite" in capsys.readouterr().err
+    assert cli.main(["import-hf", "--hf_dir", src, "--output_dir", str(out), "--overwrite",
+                     "--step", "5"]) == 0
+  finally:
+    os.umask(old_umask)
+  assert sorted(os.listdir(out)) == ["checkpoint_5", "config.gin", "import_source.json",
+                                     "spiece.model"]
+
+

@@ -56,6 +56,27 @@ _CARD_SETTINGS = (
 _DATASETS = {"xp3": "bigscience/xP3", "xp3mt": "bigscience/xP3mt", "p3": "bigscience/P3"}
 
 
+_EXPORT_FILES = re.compile(
+    r"config\.json|generation_config\.json|model\.safetensors|model\.safetensors\.index\.json|"
+    r"model-\d{5}-of-\d{5}\.safetensors|spiece\.model|tokenizer_config\.json|"
+    r"special_tokens_map\.json|README\.md")
+_CARD_MARK = "exported with `xmtf export-hf`"
+
+
+def is_export_output(path: str) -> bool:
+  """Whether ``path`` holds an earlier ``export`` and nothing else: only the files
+  export writes, with config.json and our model card among them."""
+  try:
+    names = os.listdir(path)
+    with open(os.path.join(path, "README.md"), errors="replace") as f:
+      card = f.read()
+  except OSError:
+    return False
+  return ("config.json" in names and _CARD_MARK in card
+          and all(_EXPORT_FILES.fullmatch(n) and os.path.isfile(os.path.join(path, n))
+                  for n in names))
+
+
 class HFExportError(ValueError):
   """The checkpoint or its run cannot be exported as asked; the message says why."""
 
@@ -325,7 +346,7 @@ def model_card(config: T5Config, run: Mapping[str, Any], checkpoint: str, step: 
            "An mT5-architecture encoder-decoder (`MT5ForConditionalGeneration`) trained with "
            "xmtf-pipeline, a T5X-style reproduction of BigScience's "
            "[mT0](https://huggingface.co/bigscience/mt0-xxl) (mT5 finetuned on xP3), and "
-           "exported with `xmtf export-hf`.", "",
+           f"{_CARD_MARK}.", "",
            "## Model", "",
            "| setting | value |", "|---|---|",
            f"| parameters | {n_params:,} |",
@@ -391,7 +412,8 @@ def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwri
   max_bytes = parse_size(max_shard_size)
   eval_table, model_index = find_eval_results(model_dir, eval_results)
 
-  tmp = prepare_output_dir(output_dir, overwrite, protect=ckpt)
+  tmp = prepare_output_dir(output_dir, overwrite, protect=ckpt, is_ours=is_export_output,
+                           what="export")
   try:
     notes = write_tokenizer(tmp, spm_path, extra_ids if extra_ids is not None else hinted_extra,
                             config.vocab_size)
@@ -412,7 +434,7 @@ def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwri
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  finish_output_dir(tmp, output_dir)
+  finish_output_dir(tmp, output_dir, is_export_output, "export")
   for note in notes[1:]:
     print(f"note: {note}")
   print(f"Exported {ckpt} (step {reader.step}) to {os.path.abspath(output_dir)}: "

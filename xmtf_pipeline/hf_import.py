@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -334,34 +334,89 @@ def write_model_gin(config: T5Config, path: str, header: str) -> None:
     f.write("\n".join(lines) + "\n")
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool, protect: str | None = None) -> str:
-  """A fresh temporary sibling of ``output_dir``; refuses a non-empty one unless overwrite.
+def _listing(path: str, limit: int = 12) -> str:
+  names = sorted(os.listdir(path))
+  shown = [n + ("/" if os.path.isdir(os.path.join(path, n)) else "") for n in names[:limit]]
+  return ", ".join(shown) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
 
+
+def prepare_output_dir(output_dir: str, overwrite: bool, protect: str | None = None,
+                       is_ours: Callable[[str], bool] | None = None,
+                       what: str = "output") -> str:
+  """A fresh temporary sibling of ``output_dir``; refuses a non-empty one unless it is ours.
+
+  ``--overwrite`` replaces only a folder ``is_ours`` recognises (an earlier
+  ``what``, e.g. "export"): any other non-empty folder is refused even with
+  it, listing what is there, so another run's checkpoints are never deleted.
   Writing to a sibling and renaming at the end (``finish_output_dir``) means a
-  failed conversion never leaves a half-written directory behind.
+  failed conversion never leaves a half-written directory behind. The folder
+  gets the permissions of the umask, like any ``mkdir``.
   """
   output_dir = os.path.abspath(output_dir)
-  if os.path.exists(output_dir):
-    if not os.path.isdir(output_dir):
-      raise FileExistsError(f"{output_dir} exists and is not a directory.")
-    if os.listdir(output_dir) and not overwrite:
-      raise FileExistsError(f"Output directory {output_dir} exists and is not empty; pass "
-                            "--overwrite to replace it, or choose a new directory.")
   if protect is not None:
     src = os.path.abspath(protect)
     if os.path.commonpath([src, output_dir]) == output_dir:
       raise FileExistsError(f"Output directory {output_dir} contains the input {src}; "
                             "choose another output directory.")
+  if os.path.exists(output_dir):
+    if not os.path.isdir(output_dir):
+      raise FileExistsError(f"{output_dir} exists and is not a directory.")
+    if os.listdir(output_dir):
+      ours = is_ours is not None and is_ours(output_dir)
+      if not ours:
+        raise FileExistsError(
+            f"Output directory {output_dir} exists and is not empty, and is not an earlier "
+            f"{what} (it has: {_listing(output_dir)}); nothing was changed: choose a new or "
+            "empty directory (--overwrite replaces only an earlier " + what + ").")
+      if not overwrite:
+        raise FileExistsError(f"Output directory {output_dir} exists and is not empty: it holds "
+                              f"an earlier {what}; pass --overwrite to replace it, or choose a "
+                              "new directory.")
   parent = os.path.dirname(output_dir)
   os.makedirs(parent, exist_ok=True)
-  return tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+  while True:  # mkdir (not tempfile.mkdtemp, which makes it 0700) so the umask applies
+    tmp = os.path.join(parent, f".{os.path.basename(output_dir)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+      os.mkdir(tmp)
+      return tmp
+    except FileExistsError:
+      continue
 
 
-def finish_output_dir(tmp: str, output_dir: str) -> None:
+def finish_output_dir(tmp: str, output_dir: str, is_ours: Callable[[str], bool] | None = None,
+                      what: str = "output") -> None:
+  """Moves ``tmp`` to ``output_dir``, replacing an empty folder or an earlier ``what``.
+
+  Checked again here: the folder may have changed while the conversion ran.
+  """
   output_dir = os.path.abspath(output_dir)
   if os.path.exists(output_dir):
-    shutil.rmtree(output_dir)
-  os.rename(tmp, output_dir)
+    if os.listdir(output_dir) and not (is_ours is not None and is_ours(output_dir)):
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise FileExistsError(f"Output directory {output_dir} changed during the conversion and is "
+                            f"no longer an earlier {what} (it has: {_listing(output_dir)}); "
+                            "nothing was replaced.")
+    old = f"{tmp}.old"
+    os.rename(output_dir, old)
+    os.rename(tmp, output_dir)
+    shutil.rmtree(old)
+  else:
+    os.rename(tmp, output_dir)
+
+
+IMPORT_SOURCE = "import_source.json"
+
+
+def is_import_output(path: str) -> bool:
+  """Whether ``path`` holds exactly what ``import_hf`` writes (nothing else)."""
+  try:
+    with open(os.path.join(path, IMPORT_SOURCE)) as f:
+      step = int(json.load(f)["step"])
+    names = set(os.listdir(path))
+  except (OSError, ValueError, KeyError, TypeError):
+    return False
+  return (f"checkpoint_{step}" in names
+          and names <= {f"checkpoint_{step}", "config.gin", "spiece.model", IMPORT_SOURCE})
 
 
 def train_state_leaves(params: Iterator[tuple[str, np.ndarray]], step: int
@@ -401,7 +456,8 @@ def import_hf(hf_dir: str, output_dir: str, overwrite: bool = False,
   hf_config = t5_config_from_hf(read_config(hf_dir), os.path.join(hf_dir, "config.json"))
   if config is not None:
     check_same_architecture(hf_config, config, hf_dir)
-  tmp = prepare_output_dir(output_dir, overwrite, protect=hf_dir)
+  tmp = prepare_output_dir(output_dir, overwrite, protect=hf_dir, is_ours=is_import_output,
+                           what="import")
   try:
     t5x_import.write_legacy(os.path.join(tmp, f"checkpoint_{step}"),
                             train_state_leaves(iter_params(hf_dir, hf_config), step))
@@ -410,11 +466,11 @@ def import_hf(hf_dir: str, output_dir: str, overwrite: bool = False,
                     f"Adafactor state: zero accumulators at step {step} (HF weights carry no "
                     "optimizer state).")
     _copy_tokenizer(hf_dir, tmp)
-    with open(os.path.join(tmp, "import_source.json"), "w") as f:
+    with open(os.path.join(tmp, IMPORT_SOURCE), "w") as f:
       json.dump({"hf_dir": hf_dir, "config.json": read_config(hf_dir), "step": step,
                  "layout": "t5x-legacy"}, f, indent=2)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  finish_output_dir(tmp, output_dir)
+  finish_output_dir(tmp, output_dir, is_import_output, "import")
   return os.path.join(os.path.abspath(output_dir), f"checkpoint_{step}")
