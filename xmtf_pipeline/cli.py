@@ -135,8 +135,15 @@ _EVAL_MAINS = {
 }
 
 
+# Commands whose import path has no TensorFlow (bench is tested to stay so).
+_NO_TENSORFLOW = {"bench", "params"}
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] not in _NO_TENSORFLOW and not {"-h", "--help"} & set(argv):
+    from xmtf_pipeline import tensorflow_import
+    tensorflow_import.import_quietly()
   if argv and argv[0] == "train":
     from xmtf_pipeline import train
     return train.main(argv[1:])

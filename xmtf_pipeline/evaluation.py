@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None, prog: str = "xmtf eval",
     train_lib._configure_data_flags(args)
     search = [p for arg in args.gin_search_paths for p in arg.split(",") if p]
     gin_config.parse(args.gin_file, args.gin_bindings, search, finalize=False)
-    gin_config.check_required_macros()
+    gin_config.check_macros()
     run = gin_config.get_configurable(entry or evaluate)
     run()
   except errors as e:

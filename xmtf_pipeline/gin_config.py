@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import logging
 import os
 from collections.abc import Sequence
@@ -54,6 +55,34 @@ def _resolve(gin_file: str, search_paths: Sequence[str]) -> str:
 
 
 @contextlib.contextmanager
+def _includes_from(paths: Sequence[str]):
+  """Resolves ``include`` statements against ``paths`` (then the cwd) before gin's own readers.
+
+  gin's last-resort reader takes an include's folder for a Python package on ``sys.path``:
+  with the repository root there (pytest, ``python -m``, ``PYTHONPATH=$PWD`` for upstream
+  T5X), a folder named ``runs/`` or ``models/`` in the cwd is a namespace package and
+  ``include 'runs/finetune.gin'`` crashed inside gin. Our files never need that reader, so
+  an include found on our search paths is parsed by absolute path and never reaches it.
+  """
+  original = gin.config.parse_config_file
+
+  def parse_config_file(config_file, *args, **kwargs):
+    if not os.path.isabs(config_file):
+      for prefix in [*paths, ""]:
+        candidate = os.path.join(prefix, config_file)
+        if os.path.isfile(candidate):
+          config_file = os.path.abspath(candidate)
+          break
+    return original(config_file, *args, **kwargs)
+
+  gin.config.parse_config_file = parse_config_file
+  try:
+    yield
+  finally:
+    gin.config.parse_config_file = original
+
+
+@contextlib.contextmanager
 def _quiet_root_logger():
   root = logging.getLogger()
   level = root.level
@@ -78,7 +107,8 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
   for f in gin_files:
     resolved = _resolve(f, paths)
     try:
-      with _quiet_root_logger():  # gin logs each include path it tries before the search paths
+      # gin logs each include path it tries before the search paths.
+      with _quiet_root_logger(), _includes_from(paths):
         gin.parse_config_file(resolved)
     except Exception as e:  # gin raises several types; all are user errors here.
       raise GinConfigError(f"gin file {resolved}: {e}") from e
@@ -86,9 +116,20 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
     try:
       gin.parse_config(b)
     except Exception as e:
-      raise GinConfigError(f"gin binding {b!r}: {e}") from e
+      raise GinConfigError(f"gin binding {b!r}: {e}{_quote_hint(b, e)}") from e
   if finalize:
     gin.finalize()
+
+
+def _quote_hint(binding: str, error: Exception) -> str:
+  """How to pass a string when gin could not parse an unquoted value such as ``/tmp/x``."""
+  if "Unable to parse value" not in str(error) or "=" not in binding:
+    return ""
+  name, value = (part.strip() for part in binding.split("=", 1))
+  if not value or value[0] in "'\"@%[({" or value[0].isdigit():
+    return ""
+  return (f"\nA string value must be quoted: --gin.{name}=\\\"{value}\\\" on a shell command "
+          f"line (or '--gin.{name}=\"{value}\"'), {name} = \"{value}\" in a gin file.")
 
 
 @gin.configurable("xmtf_macro_value")
@@ -119,6 +160,47 @@ def check_required_macros() -> None:
     raise GinConfigError(
         f"{', '.join(missing)} set to %gin.REQUIRED but not subsequently overridden; "
         f"set {'it' if len(missing) == 1 else 'them'} in a gin file or with {hints}.")
+
+
+def _macro_references(value: Any, found: set[str]) -> None:
+  if isinstance(value, gin.config.ConfigurableReference):
+    if value.selector == "gin.macro":
+      found.add("/".join(value.scopes))
+  elif isinstance(value, dict):
+    for v in value.values():
+      _macro_references(v, found)
+  elif isinstance(value, (list, tuple, set)):
+    for v in value:
+      _macro_references(v, found)
+
+
+def check_unread_macros(read_by_code: Sequence[str] = ()) -> None:
+  """Fails on a macro that nothing reads (a typo such as ``--gin.BATCH_SIZ=8``).
+
+  gin accepts a binding of any macro name, so a misspelt macro would otherwise run
+  silently with the default it meant to change. Macros are read through ``%NAME`` in a
+  binding's value, or by the calling code (``read_by_code``).
+  """
+  defined = {scope for (scope, selector) in gin.config._CONFIG if selector == "gin.macro"}
+  read = set(read_by_code)
+  for values in gin.config._CONFIG.values():
+    _macro_references(values, read)
+  unread = sorted(defined - read)
+  if unread:
+    known = sorted(read | defined)
+    hints = []
+    for name in unread:
+      close = difflib.get_close_matches(name, [k for k in known if k != name], n=1, cutoff=0.6)
+      hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise GinConfigError(
+        f"macro {', '.join(hints)} is set but no gin file or configurable reads it; fix the "
+        "name in --gin.NAME=... or your gin file, or drop the binding.")
+
+
+def check_macros(read_by_code: Sequence[str] = ()) -> None:
+  """Every macro is set (no %gin.REQUIRED left) and read by something (no typo)."""
+  check_required_macros()
+  check_unread_macros(read_by_code)
 
 
 def get_configurable(fn):

@@ -153,8 +153,13 @@ def plan_config(config: T5Config, partitioner: Partitioner, devices: int, batch_
               int(capacity_gib * GIB) if capacity_gib else None, config.remat_policy)
 
 
+# Macros the planner evaluates itself (a run config reads them through the trainer too).
+_MACROS_READ = ("MODEL_CONFIG", "BATCH_SIZE", "TASK_FEATURE_LENGTHS", "NUM_MICROBATCHES")
+
+
 def plan_from_gin(gin_files, bindings, devices: int, chip: str | None) -> Plan:
   gin_config.parse(gin_files, ["MODEL_DIR = '/tmp/plan'", *bindings], finalize=False)
+  gin_config.check_unread_macros(read_by_code=_MACROS_READ)
   config = gin_config.evaluate("%MODEL_CONFIG")
   partitioner = gin_config.evaluate("@partitioning.Partitioner()")
   model = gin_config.evaluate("@models.EncoderDecoderModel()")

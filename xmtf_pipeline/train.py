@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None, prog: str = "xmtf train") -> int:
     _configure_data_flags(args)
     search = [p for arg in args.gin_search_paths for p in arg.split(",") if p]
     gin_config.parse(args.gin_file, args.gin_bindings, search, finalize=False)
-    gin_config.check_required_macros()
+    gin_config.check_macros()
     run = gin_config.get_configurable(train)
     result = run()
   except (gin_config.GinConfigError, TrainError, input_pipeline.DatasetError,
@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None, prog: str = "xmtf train") -> int:
 
 
 if __name__ == "__main__":
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  from xmtf_pipeline import tensorflow_import
+  tensorflow_import.import_quietly()
   from xmtf_pipeline import train as _train_module  # gin binds the importable module, not __main__
   sys.exit(_train_module.main(prog="python -m xmtf_pipeline.train"))
