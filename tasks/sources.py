@@ -56,6 +56,10 @@ def _validated_columns(records, num_fields: int, skips) -> tuple[np.ndarray, ...
   return (*[np.array(c, dtype=object) for c in out], np.array(ok, dtype=bool))
 
 
+class EmptyDataError(ValueError):
+  """An input file with no bytes; the message names it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Holdout:
   """Validation = lines (rows) whose 0-based number within their file is a multiple of ``every``.
@@ -194,6 +198,13 @@ class JsonlSource(seqio.DataSource):
     files = self.files()
     if not files:
       raise FileNotFoundError(f"{self._description}: no input files.")
+    # An empty file (a failed download) would make a training stream that yields nothing.
+    empty = [f for f in files if tf.io.gfile.stat(f).length == 0]
+    if empty:
+      raise EmptyDataError(
+          f"{self._description}: {empty[0]} is empty"
+          f"{f' (and {len(empty) - 1} more files)' if len(empty) > 1 else ''}; download it "
+          "again or remove it from the folder.")
     gz = {f.endswith(".gz") for f in files}
     if len(gz) > 1:
       raise ValueError(f"{self._description}: mixes .gz and plain files; keep one kind per folder.")

@@ -11,7 +11,7 @@ import gin
 import tasks.xp3  # noqa: F401
 from tasks import vocab, xp3
 from tasks.preprocessors import RecordError
-from xmtf_pipeline import data_inspect
+from xmtf_pipeline import input_pipeline
 
 LENGTHS = {"inputs": 32, "targets": 16}
 
@@ -71,7 +71,7 @@ def test_bad_records_name_file_line_and_field(root, line, message):
   with pytest.raises(tf.errors.OpError, match=message) as info:
     _read()
   assert "skip_malformed_records.skip = True" in str(info.value)  # says how to skip
-  assert data_inspect.error_summary(info.value).startswith(str(root / "fr" / "merged_fr.jsonl"))
+  assert input_pipeline.error_summary(info.value).startswith(str(root / "fr" / "merged_fr.jsonl"))
 
 
 def test_skipping_malformed_lines_is_opt_in_and_counted(root, caplog):

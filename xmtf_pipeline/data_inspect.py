@@ -89,15 +89,6 @@ def _decode(vocabulary, ids) -> str:
   return vocabulary.decode(ids)
 
 
-def error_summary(error: BaseException) -> str:
-  """One line: a RecordError's message inside a TF op error (which wraps it in a traceback)."""
-  text = str(error)
-  marker = "RecordError: "
-  if marker in text:
-    text = text[text.index(marker) + len(marker):]
-  return text.strip().split("\n", 1)[0]
-
-
 def length_stats(examples: Sequence[Mapping[str, Sequence[int]]], lengths: Mapping[str, int],
                  eos_id: int = 1) -> dict[str, dict[str, float]]:
   """Per feature: percentiles of untruncated lengths, truncation rate, padding unpacked/packed."""
@@ -215,5 +206,6 @@ def run(args: argparse.Namespace) -> int:
     return inspect(args.name, args.num_examples, args.split, lengths, args.stats, args.seed,
                    not args.no_shuffle, args.max_ids)
   except Exception as e:  # report every data error the same way, without a TF traceback
+    from xmtf_pipeline.input_pipeline import error_summary
     print(f"xmtf data: error: {type(e).__name__}: {error_summary(e)}", file=sys.stderr)
     return 2

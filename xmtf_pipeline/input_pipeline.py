@@ -17,6 +17,15 @@ class DatasetError(ValueError):
   """A dataset configuration that cannot work; the message says which field and why."""
 
 
+def error_summary(error: BaseException) -> str:
+  """One line: a RecordError's message inside a TF op error (which wraps it in a traceback)."""
+  text = str(error)
+  marker = "RecordError: "
+  if marker in text:
+    text = text[text.index(marker) + len(marker):]
+  return text.strip().split("\n", 1)[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
   """One dataset of a run (scoped in gin as ``train/``, ``train_eval/``, ``infer_eval/``)."""
@@ -80,24 +89,49 @@ def get_dataset(cfg: DatasetConfig, seed: int | None, shard_id: int = 0, num_sha
   """A tf.data dataset of per-host batches (numpy dicts with EncDecFeatureConverter features)."""
   seqio = _seqio()
   validate(cfg, num_shards)
+  import tensorflow as tf
   converter = seqio.EncDecFeatureConverter(pack=cfg.pack)
-  ds = seqio.get_dataset(
-      mixture_or_task_name=cfg.mixture_or_task_name,
-      task_feature_lengths=dict(cfg.task_feature_lengths) if cfg.task_feature_lengths else None,
-      dataset_split=cfg.split,
-      shuffle=cfg.shuffle,
-      num_epochs=num_epochs,
-      feature_converter=converter,
-      shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
-      use_cached=cfg.use_cached,
-      seed=seed,
-  )
+  try:
+    ds = seqio.get_dataset(
+        mixture_or_task_name=cfg.mixture_or_task_name,
+        task_feature_lengths=dict(cfg.task_feature_lengths) if cfg.task_feature_lengths else None,
+        dataset_split=cfg.split,
+        shuffle=cfg.shuffle,
+        num_epochs=num_epochs,
+        feature_converter=converter,
+        shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
+        use_cached=cfg.use_cached,
+        seed=seed,
+    )
+  except DatasetError:
+    raise
+  # Missing folders, empty files and bad settings of the sources: the user's input, one line.
+  except (FileNotFoundError, ValueError, tf.errors.OpError) as e:
+    raise DatasetError(f"{cfg.mixture_or_task_name!r} ({cfg.split}): {error_summary(e)}") from None
   ds = ds.batch(cfg.batch_size // num_shards, drop_remainder=True)
   if skip_batches:
     ds = ds.skip(skip_batches)
   return ds.prefetch(2)
 
 
-def iterate(ds) -> Iterator[dict[str, np.ndarray]]:
-  for batch in ds.as_numpy_iterator():
-    yield {k: np.asarray(v) for k, v in batch.items()}
+def iterate(ds, name: str = "the dataset") -> Iterator[dict[str, np.ndarray]]:
+  """Numpy batches; a data error (a malformed record, an unreadable file) is one DatasetError.
+
+  The TF error carries a traceback of the input pipeline's Python function. The iterator is
+  dropped before raising so its prefetch threads stop now rather than at interpreter exit,
+  where a thread still inside ``tf.numpy_function`` can deadlock the shutdown.
+  """
+  import tensorflow as tf
+  iterator = ds.as_numpy_iterator()
+  while True:
+    try:
+      batch = next(iterator)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      message = error_summary(e)
+    else:
+      yield {k: np.asarray(v) for k, v in batch.items()}
+      continue
+    del iterator
+    raise DatasetError(f"reading {name}: {message}")

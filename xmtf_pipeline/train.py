@@ -137,7 +137,8 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
                                    partitioner, mesh, shardings)
   ds = input_pipeline.get_dataset(train_dataset_cfg, data_state["data_seed"], shard_id, num_shards,
                                   skip_batches=data_state["batches"])
-  batches = input_pipeline.iterate(ds)
+  batches = input_pipeline.iterate(
+      ds, f"the training data of {train_dataset_cfg.mixture_or_task_name!r}")
   logger = RunLogger(model_dir, total_steps, start_step, train_dataset_cfg.batch_size,
                      log_period, progress_bar)
   eval_fn = None
@@ -343,7 +344,10 @@ def main(argv: list[str] | None = None, prog: str = "xmtf train") -> int:
   except (gin_config.GinConfigError, TrainError, input_pipeline.DatasetError,
           distributed.DistributedError, partitioning.PartitioningError,
           checkpoints.CheckpointError, params.ParamMismatchError, ValueError) as e:
-    print(f"{prog}: error: {e}", file=sys.stderr)
+    # gin appends "In call to configurable ..." to errors raised inside a configurable.
+    message = "\n".join(line for line in str(e).splitlines()
+                        if not line.strip().startswith("In call to configurable"))
+    print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
   if result.last_loss is not None:
     print(f"Done: step {result.start_step} -> {result.final_step}, "
