@@ -110,10 +110,14 @@ class Embed(nn.Module):
                            (self.num_embeddings, self.features), (axes.VOCAB, axes.EMBED))
 
   def __call__(self, inputs: Array) -> Array:
-    # A gather of the cast table equals T5X's one-hot matmul exactly (each
-    # output row is a single table row) and avoids a (tokens x vocab) matmul.
-    table = jnp.asarray(self.embedding, self.dtype)
-    return jnp.take(table, inputs.astype(jnp.int32), axis=0)
+    # A gather equals T5X's one-hot matmul exactly (each output row is one table
+    # row) without a (tokens x vocab) matmul. It gathers from the float32 table and
+    # casts the rows (the same values as gathering from the cast table), so the
+    # gradient is a float32 scatter-add: native atomics on GPUs, where a bf16 one
+    # is a compare-and-swap loop that real batches, mostly padding (id 0), contend
+    # on one row. bench_embed measures the alternatives.
+    rows = jnp.take(self.embedding, inputs.astype(jnp.int32), axis=0)
+    return jnp.asarray(rows, self.dtype)
 
 
 def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int,
@@ -153,7 +157,6 @@ class RelativePositionBiases(nn.Module):
                ) -> Array:
     table = param(self, "rel_embedding", self.embedding_init, (self.num_heads, self.num_buckets),
                   (axes.HEADS, axes.RELPOS_BUCKETS))
-    table = jnp.asarray(table, self.dtype)
     if isinstance(query_offset, int) and query_offset == 0:
       # Static shapes: buckets are computed once with numpy, as in T5X.
       rel = np.arange(klen)[None, :] - np.arange(qlen)[:, None]
@@ -164,9 +167,17 @@ class RelativePositionBiases(nn.Module):
       rel = jnp.arange(klen)[None, :] - (jnp.arange(qlen)[:, None] + query_offset)
       buckets = relative_position_bucket(rel, bidirectional, self.num_buckets,
                                          self.max_distance, xp=jnp)
-    # (heads, q, k); a gather equals the one-hot contraction exactly.
-    values = jnp.take(table, buckets, axis=1)
-    return values[None]
+    # T5X's one-hot contraction, not a gather: a gather's gradient is a scatter-add of
+    # q*k updates into heads*buckets words (about a million at 1024), serialised on
+    # GPUs and, from a bf16 table, rounded to bf16 at every add (47% off at 1024/256).
+    # The dot's gradient is a dot with float32 accumulation. The table stays float32
+    # (one nonzero product per output, so the values are the table's exactly) and the
+    # result is cast once: the same bias T5X gets from its bf16-cast table.
+    one_hot = buckets[None] == jax.lax.broadcasted_iota(jnp.int32, (self.num_buckets, 1, 1), 0)
+    values = jax.lax.dot_general(table, one_hot.astype(jnp.float32), (((1,), (0,)), ((), ())),
+                                 precision=jax.lax.Precision.HIGHEST,
+                                 preferred_element_type=jnp.float32)
+    return values.astype(self.dtype)[None]
 
 
 class MlpBlock(nn.Module):
