@@ -327,6 +327,13 @@ def _resolve_one(name: str) -> list[tuple[str, str, str]]:
       "[_<config>]_<prompt>, e.g. heldout_copa_best_option.")
 
 
+def suite_data_dir(suite: str, data_dir: str | None) -> str | None:
+  """Where a suite's rows come from: ``heldout_bundled`` reads the shipped rows, never the hub."""
+  if data_dir is None and suite.strip() == "heldout_bundled":
+    return str(BUNDLED_DIR)
+  return data_dir
+
+
 # --------------------------------------------------------------------------- rows
 
 _DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}

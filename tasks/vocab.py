@@ -84,7 +84,19 @@ class LazySentencePieceVocabulary(seqio.SentencePieceVocabulary):
       self._model = None
       self._sentencepiece_model_file, self._extra_ids = resolved
       self._resolved = resolved
-      return super()._model_context()
+      try:
+        return super()._model_context()
+      except Exception as e:  # TF's GCS/HTTP errors: offline, no credentials, a typo'd bucket
+        if "://" not in resolved[0]:
+          raise
+        self._resolved = None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        what = "mT5's vocabulary on GCS" if resolved[0] == MT5_SPM_GCS else "a remote file"
+        raise VocabularyError(
+            f"Cannot read the SentencePiece model {resolved[0]}, {what} ({type(e).__name__}: "
+            f"{first}). Offline, copy it once (gsutil cp {resolved[0]} .) and point "
+            f"{MT5_SPM_ENV}=/path/sentencepiece.model or the gin binding "
+            "tasks.vocab.mt5_vocabulary_config.path at the local file.") from None
     return self._model
 
   @property

@@ -201,6 +201,9 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
   from tasks import heldout
 
   entries = heldout.resolve_suite(suite)  # an unknown name fails before the checkpoint loads
+  if data_dir != heldout.suite_data_dir(suite, data_dir):
+    data_dir = heldout.suite_data_dir(suite, data_dir)
+    print(f"Rows: the bundled real rows in {data_dir}", flush=True)
   check_vocabulary(vocabulary, model.config)
   print(f"Evaluating {checkpoint_path} on {len(entries)} (dataset, config, prompt) entries "
         f"of {suite!r}; results in {output_dir}", flush=True)
