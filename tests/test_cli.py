@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,16 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
   with pytest.raises(SystemExit, match="was not made by the demo"):
     cli.main(["demo", "--model_dir", str(other)])
   assert (other / "precious.txt").exists()
+
+
+def test_demo_output_defaults_outside_the_source_tree(monkeypatch, tmp_path):
+  """The demo's default folder once sat in the repo root (runs/demo) and broke 8 tests run
+  after it: a `runs/` folder on sys.path shadowed gin's `include 'runs/...'`."""
+  from xmtf_pipeline import demo
+  repo = Path(__file__).resolve().parent.parent
+  assert cli.build_parser().parse_args(["demo"]).model_dir is None
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  assert demo.default_model_dir() == str(tmp_path / "xmtf" / "demo")
+  monkeypatch.delenv("XDG_CACHE_HOME")
+  monkeypatch.chdir(repo)
+  assert not Path(demo.default_model_dir()).resolve().is_relative_to(repo)

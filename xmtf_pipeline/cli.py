@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("demo", help="the main job on the embedded default (tiny mT5, CPU)")
   p.add_argument("--model", default="mt5_tiny", help="model name (gin/models/NAME.gin) or gin file")
-  p.add_argument("--model_dir", default="runs/demo", help="where checkpoints and logs go")
+  p.add_argument("--model_dir", default=None,
+                 help="where checkpoints and logs go (default: $XDG_CACHE_HOME or ~/.cache, "
+                 "then xmtf/demo)")
   p.add_argument("--steps", type=int, default=400, help="training steps")
   p.add_argument("--batch_size", type=int, default=32)
   p.set_defaults(func=_demo)

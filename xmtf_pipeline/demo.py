@@ -67,10 +67,17 @@ def _examples(n: int):
   return list(ds.take(n).as_numpy_iterator()), vocab
 
 
-def main(model: str = "mt5_tiny", model_dir: str = "runs/demo", steps: int = 400,
+def default_model_dir() -> str:
+  """Outside any source tree: a ``runs/`` folder in a repository root once shadowed gin's
+  ``include 'runs/...'`` and left the checkout dirty for the tests that followed."""
+  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(cache, "xmtf", "demo")
+
+
+def main(model: str = "mt5_tiny", model_dir: str | None = None, steps: int = 400,
          batch_size: int = 32) -> int:
   t0 = time.time()
-  model_dir = os.path.abspath(model_dir)
+  model_dir = os.path.abspath(model_dir or default_model_dir())
   _fresh_dir(model_dir)
   import tasks.xp3  # noqa: F401  (registers the sample mixture)
 
