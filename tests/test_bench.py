@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from xmtf_pipeline import bench
@@ -82,3 +83,79 @@ def test_bench_imports_neither_tensorflow_seqio_nor_gin():
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _bench(tmp_path, *args, timeout=600):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, "-m", "xmtf_pipeline.cli", "bench", "train", *args],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_no_arguments_on_a_cpu_means_cpu_sized_defaults(capsys):
+  """Not mt5-large at batch 32 (minutes, then out of memory); the defaults are said."""
+  args = bench.build_parser().parse_args([])
+  assert (args.model, args.inputs, args.targets, args.batch) == (None, None, None, None)
+  bench._resolve_defaults(args, "cpu")
+  assert (args.model, args.inputs, args.targets, args.batch) == ("mt5_small", 128, 32, [4])
+  assert "CPU backend" in capsys.readouterr().out
+  args = bench.build_parser().parse_args(["--model", "mt5_base"])
+  bench._resolve_defaults(args, "gpu")
+  assert (args.model, args.inputs, args.batch) == ("mt5_base", 1024, [32])
+
+
+def test_failed_rows_are_marked_and_all_failed_exits_nonzero(tmp_path):
+  """cuDNN attention cannot run on a CPU: the row says why, the exit code says failure."""
+  out = tmp_path / "rows.jsonl"
+  proc = _bench(tmp_path, "--model", "mt5_tiny", "--inputs", "16", "--targets", "8",
+                "--batch", "2", "--steps", "1", "--dropout", "0", "--attention", "cudnn",
+                "--ceiling", "1.0", "--jsonl", str(out))
+  assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+  (row,) = [json.loads(x) for x in out.read_text().splitlines()]
+  assert "cuDNN" in row["failed"] and row["model"] == "mt5_tiny"
+  assert "FAILED: " in proc.stdout and "every row failed" in proc.stderr
+
+
+def test_mt0_rows_have_xp3_lengths_then_padding():
+  b = bench.mt0_like_batch(512, 1024, 256, 250112, seed=3)
+  enc, tgt = b["encoder_input_tokens"], b["decoder_target_tokens"]
+  n_in, n_out = (enc > 0).sum(1), (tgt > 0).sum(1)
+  assert 270 <= n_in.mean() <= 330 and 54 <= n_out.mean() <= 66
+  assert n_in.min() >= 2 and n_in.max() <= 1024 and np.median(n_in) < n_in.mean()  # long tail
+  for tokens, n in ((enc, n_in), (tgt, n_out)):  # real tokens, EOS, then only padding
+    assert (tokens[np.arange(512), n - 1] == 1).all()
+    np.testing.assert_array_equal(tokens > 0, np.arange(tokens.shape[1]) < n[:, None])
+  np.testing.assert_array_equal(b["decoder_loss_weights"], tgt > 0)
+  assert (b["decoder_input_tokens"][:, 1:] == tgt[:, :-1]).all()
+
+
+def test_top_ops_counts_nested_time_once():
+  from xmtf_pipeline import bench_profile
+  meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
+
+  def op(pid, name, ts, dur):
+    return {"ph": "X", "pid": pid, "tid": 7, "ts": ts, "dur": dur, "name": name,
+            "args": {"hlo_op": name}}
+  events = meta + [op(1, "fusion.9", 0, 100), op(1, "fusion.1", 10, 30), op(1, "fusion.1", 50, 30),
+                   op(1, "scatter.2", 200, 50), op(1, "while.3", 190, 90),
+                   op(2, "host_only", 0, 1000)]
+  got = bench_profile.top_ops(events, {"scatter.2": "jit(f)/transpose(jvp(Transformer))/embed"})
+  assert got["where"] == "device"  # host events ignored when the device has ops
+  # fusion.9 holds fusion.1 twice: 40 of its own; the loop is left out, its body counted.
+  assert [(r["op"], r["time_us"]) for r in got["top"]] == [
+      ("fusion.1", 60), ("scatter.2", 50), ("fusion.9", 40)]
+  assert sum(r["share"] for r in got["top"]) == pytest.approx(1.0)
+  assert got["top"][1]["source"].endswith("/embed") and got["top"][0]["events"] == 2
+  assert "bwd/embed" in bench_profile.profile_table(got)
+
+
+def test_profile_on_cpu_writes_the_top_ops(tmp_path):
+  proc = _bench(tmp_path, "--model", "mt5_tiny", "--inputs", "32", "--targets", "8",
+                "--batch", "2", "--profile", str(tmp_path / "prof"), "--data", "mt0")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((tmp_path / "prof" / "top_ops.json").read_text())
+  top = result["profile"]["top"]
+  assert len(top) == 15 and all(r["time_us"] > 0 for r in top)
+  assert 0 < sum(r["share"] for r in top) <= 1.0 + 1e-9
+  assert result["profile"]["where"] == "host"  # XLA:CPU runs its ops on host threads
+  assert "top 15 of" in proc.stdout and top[0]["op"] in proc.stdout

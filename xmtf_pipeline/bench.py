@@ -8,7 +8,12 @@ measurement runs in its own process (own memory pool, own XLA_FLAGS).
 
 ``--ladder`` times the speed options one after another (``LADDER``; bench/NOTES.md),
 ``--check`` first compares each option's loss and gradients with the plain path on
-the device (``bench_checks``), ``--vs-hf`` adds HF transformers' torch MT5.
+the device (``bench_checks``), ``--vs-hf`` adds HF transformers' torch MT5,
+``--data mt0`` feeds rows shaped like mT0's (unpacked, mostly padding) instead of full
+ones, ``--profile DIR`` ranks one traced step's XLA ops (``bench_profile``). A row that
+fails (out of memory, timeout) is a row marked failed with its reason; the exit code
+is 1 when every row failed. Without --model/--inputs/--targets/--batch, a CPU gets
+CPU-sized defaults (``CPU_DEFAULTS``), an accelerator the issue's mt5-large setting.
 
 FLOPs (documented, per example, forward; training = 3x): every matmul as
 2*m*n*k — attention projections, attention scores and values, the gated MLP,
@@ -20,6 +25,7 @@ cross-attention, and the LM head — i.e. what mt5-large at 1024/256 needs:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -83,8 +89,48 @@ def synthetic_batch(batch: int, len_in: int, len_out: int, vocab: int, seed: int
           "decoder_loss_weights": np.ones_like(tgt, np.float32)}
 
 
-def bench_ours(cfg, batch: int, len_in: int, len_out: int, steps: int, loss_chunk: int = 0
-               ) -> dict:
+# mT0's rows (xP3, unpacked): real lengths about 300 of 1024 input and 60 of 256 target
+# tokens on average, the rest padding. Lengths are log-normal (sigma below, an
+# assumption: xP3's are long-tailed), truncated at the row length as seqio trims, with
+# the mean after truncation matched to these fractions of the row.
+MT0_MEAN_FRACTION = {"inputs": 300 / 1024, "targets": 60 / 256}
+MT0_SIGMA = 1.0
+
+
+def _lognormal_lengths(rng, n: int, length: int, mean: float) -> np.ndarray:
+  z = rng.standard_normal(n)
+  grid = np.random.default_rng(12345).standard_normal(4096)  # fixed: same mu every call
+  lo, hi = -5.0, np.log(length) + 5.0
+  for _ in range(60):  # bisect mu so the truncated mean is `mean`
+    mu = (lo + hi) / 2
+    if np.mean(np.clip(np.exp(mu + MT0_SIGMA * grid), 1, length)) < mean:
+      lo = mu
+    else:
+      hi = mu
+  return np.clip(np.rint(np.exp(mu + MT0_SIGMA * z)), 2, length).astype(int)
+
+
+def mt0_like_batch(batch: int, len_in: int, len_out: int, vocab: int, seed: int = 0):
+  """Unpacked rows shaped like mT0's: real tokens then padding (id 0), EOS at each end."""
+  b = synthetic_batch(batch, len_in, len_out, vocab, seed)
+  rng = np.random.default_rng(seed + 1)
+  enc, tgt = b["encoder_input_tokens"], b["decoder_target_tokens"]
+  for tokens, length, key in ((enc, len_in, "inputs"), (tgt, len_out, "targets")):
+    for row, n in enumerate(_lognormal_lengths(rng, batch, length,
+                                               MT0_MEAN_FRACTION[key] * length)):
+      tokens[row, n - 1] = 1
+      tokens[row, n:] = 0
+  dec = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], 1)
+  return {"encoder_input_tokens": enc, "decoder_target_tokens": tgt, "decoder_input_tokens": dec,
+          "decoder_loss_weights": (tgt > 0).astype(np.float32)}
+
+
+DATA = {"full": synthetic_batch, "mt0": mt0_like_batch}
+
+
+def bench_ours(cfg, batch: int, len_in: int, len_out: int, steps: int, loss_chunk: int = 0,
+               data: str = "full", profile_dir: str | None = None) -> dict:
+  import flax.linen as nn
   import jax
 
   from xmtf_pipeline import models, schedules, trainer
@@ -97,88 +143,120 @@ def bench_ours(cfg, batch: int, len_in: int, len_out: int, steps: int, loss_chun
   lr = schedules.create_learning_rate_scheduler("constant", base_learning_rate=1e-3)
   part = Partitioner()
   mesh = part.mesh(jax.devices()[:1])
-  state, shardings = trainer.init_state(model, opt, part, mesh, jax.random.PRNGKey(0))
-  step = trainer.jit_train_step(model, opt, lr, 1, part, mesh, shardings)
-  b = part.shard_batch(mesh, synthetic_batch(batch, len_in, len_out, cfg.vocab_size))
+  state, _ = trainer.init_state(model, opt, part, mesh, jax.random.PRNGKey(0))
+  host_batch = DATA[data](batch, len_in, len_out, cfg.vocab_size)
+  b = part.shard_batch(mesh, host_batch)
   rng = jax.random.PRNGKey(1)
+  # jit_train_step's program on one device, compiled explicitly so the profile can
+  # name ops by the compiled HLO.
+  fn = jax.jit(functools.partial(trainer.train_step, model, trainer.optimizer_for(model, opt),
+                                 lr, 1), donate_argnums=(0,))
   t = time.perf_counter()
-  state, stats = step(state, b, rng)
-  jax.block_until_ready(stats["loss"])
+  with mesh, nn.logical_axis_rules(part.rules):
+    compiled = fn.lower(state, b, rng).compile()
   compile_s = time.perf_counter() - t
   for _ in range(2):
-    state, stats = step(state, b, rng)
+    state, stats = compiled(state, b, rng)
   jax.block_until_ready(stats["loss"])
+  out = {"engine": "xmtf (JAX)", "batch": batch, "data": data, "compile_s": compile_s,
+         "real_tokens_per_row": float(sum((host_batch[k] > 0).sum() for k in
+                                          ("encoder_input_tokens", "decoder_target_tokens"))
+                                      / batch)}
+  if profile_dir:
+    from xmtf_pipeline import bench_profile
+
+    def one_step():
+      nonlocal state
+      state, s = compiled(state, b, rng)
+      jax.block_until_ready(s["loss"])
+    out["profile"] = bench_profile.profile_step(one_step, profile_dir, compiled.as_text())
   t = time.perf_counter()
   for _ in range(steps):
-    state, stats = step(state, b, rng)
+    state, stats = compiled(state, b, rng)
   jax.block_until_ready(state.params)
   elapsed = time.perf_counter() - t
   mem = jax.devices()[0].memory_stats() or {}
-  return {"engine": "xmtf (JAX)", "batch": batch, "step_s": elapsed / steps,
-          "compile_s": compile_s, "loss": float(stats["loss"]),
-          "peak_bytes": int(mem.get("peak_bytes_in_use", 0))}
+  return dict(out, step_s=elapsed / steps, loss=float(stats["loss"]),
+              peak_bytes=int(mem.get("peak_bytes_in_use", 0)))
 
 
-def bench_hf(name: str, batch: int, len_in: int, len_out: int, steps: int, compile_model: bool
-             ) -> dict:
+def bench_hf(name: str, batch: int, len_in: int, len_out: int, steps: int, compile_model: bool,
+             data: str = "full") -> dict:
   """HF transformers' torch MT5 with an untied head, bf16 autocast, fused AdamW."""
   import torch
   from transformers import MT5Config, MT5ForConditionalGeneration
   d, h, n, f = SIZES[name]
-  cfg = MT5Config(vocab_size=250112, d_model=d, d_kv=64, d_ff=f, num_layers=n,
+  ours = model_config(name)
+  cfg = MT5Config(vocab_size=ours.vocab_size, d_model=d, d_kv=ours.head_dim, d_ff=f, num_layers=n,
                   num_decoder_layers=n, num_heads=h, feed_forward_proj="gated-gelu",
                   tie_word_embeddings=False, dropout_rate=0.1)
-  model = MT5ForConditionalGeneration(cfg).cuda()
+  dev = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the issue's >= 1x HF eager
+  model = MT5ForConditionalGeneration(cfg).to(dev)
   if model.lm_head.weight.data_ptr() == model.shared.weight.data_ptr():
     # transformers 5.x ties MT5's head whatever the config says: untie it explicitly.
-    model.lm_head = torch.nn.Linear(d, 250112, bias=False).cuda()
+    model.lm_head = torch.nn.Linear(d, cfg.vocab_size, bias=False).to(dev)
   n_params = sum(p.numel() for p in model.parameters())
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
   fwd = torch.compile(model) if compile_model else model
-  b = synthetic_batch(batch, len_in, len_out, 250112)
-  inp = torch.tensor(b["encoder_input_tokens"], dtype=torch.long, device="cuda")
-  labels = torch.tensor(b["decoder_target_tokens"], dtype=torch.long, device="cuda")
+  b = DATA[data](batch, len_in, len_out, cfg.vocab_size)
+  inp = torch.tensor(b["encoder_input_tokens"], dtype=torch.long, device=dev)
+  mask = inp > 0
+  labels = torch.tensor(b["decoder_target_tokens"], dtype=torch.long, device=dev)
+  labels = labels.masked_fill(labels == 0, -100)  # HF ignores -100 (padding)
+
+  def sync():
+    if dev == "cuda":
+      torch.cuda.synchronize()
 
   def step():
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-      loss = fwd(input_ids=inp, labels=labels).loss
+    with torch.autocast(dev, dtype=torch.bfloat16):
+      loss = fwd(input_ids=inp, attention_mask=mask, labels=labels).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     return loss
 
-  torch.cuda.synchronize()
+  sync()
   t = time.perf_counter()
   step()
-  torch.cuda.synchronize()
+  sync()
   compile_s = time.perf_counter() - t
   for _ in range(2):
     step()
-  torch.cuda.synchronize()
+  sync()
   t = time.perf_counter()
   for _ in range(steps):
     loss = step()
-  torch.cuda.synchronize()
+  sync()
   elapsed = time.perf_counter() - t
+  peak = torch.cuda.max_memory_allocated() if dev == "cuda" else 0
   return {"engine": f"HF torch{' compile' if compile_model else ' eager'}", "batch": batch,
-          "step_s": elapsed / steps, "compile_s": compile_s, "loss": float(loss),
-          "peak_bytes": int(torch.cuda.max_memory_allocated()), "params": n_params}
+          "data": data, "step_s": elapsed / steps, "compile_s": compile_s, "loss": float(loss),
+          "peak_bytes": int(peak), "params": n_params}
 
 
 def _finish(r: dict, flops: float, ceiling: float, len_in: int, len_out: int) -> dict:
+  if "failed" in r:
+    return r
   ex_s = r["batch"] / r["step_s"]
   r.update(examples_per_s=ex_s, tokens_per_s=ex_s * (len_in + len_out),
            model_tflops=ex_s * flops / 1e12, mfu=ex_s * flops / 1e12 / ceiling)
+  if "real_tokens_per_row" in r:
+    r["real_tokens_per_s"] = ex_s * r["real_tokens_per_row"]
   return r
 
 
 def table(rows: list[dict]) -> str:
-  head = (f"{'engine':<34}{'batch':>6}{'ex/s':>9}{'tok/s':>10}{'TFLOP/s':>9}{'MFU':>7}"
-          f"{'peak GiB':>10}{'compile s':>10}")
+  head = (f"{'engine':<34}{'data':>5}{'batch':>6}{'ex/s':>9}{'tok/s':>10}{'TFLOP/s':>9}"
+          f"{'MFU':>7}{'peak GiB':>10}{'compile s':>10}")
   lines = [head]
   for r in rows:
-    lines.append(f"{r['engine'][:33]:<34}{r['batch']:>6}{r['examples_per_s']:>9.1f}"
+    start = f"{r['engine'][:33]:<34}{r.get('data', 'full'):>5}{r['batch']:>6}"
+    if "failed" in r:
+      lines.append(f"{start}  FAILED: {r['failed']}")
+      continue
+    lines.append(f"{start}{r['examples_per_s']:>9.1f}"
                  f"{r['tokens_per_s']:>10.0f}{r['model_tflops']:>9.1f}{r['mfu']:>7.1%}"
                  f"{r['peak_bytes'] / 2**30:>10.1f}{r['compile_s']:>10.1f}")
   return "\n".join(lines)
@@ -207,55 +285,95 @@ def ladder_specs(base: dict) -> list[dict]:
   return specs
 
 
-def run_child(spec: dict, args, timeout: float) -> dict | None:
+def _failure(stderr: str, returncode: int) -> str:
+  """One line saying why a child died: the error's own line where there is one."""
+  if returncode < 0:
+    return f"killed by signal {-returncode}" + (" (out of host memory?)" if returncode == -9
+                                                 else "")
+  lines = [x.strip() for x in stderr.splitlines() if x.strip()]
+  for key in ("RESOURCE_EXHAUSTED", "OutOfMemory", "out of memory", "Error", "error"):
+    hits = [x for x in lines if key in x]
+    if hits:
+      return hits[-1][:300]
+  return (lines[-1][:300] if lines else f"exit code {returncode}, no output")
+
+
+def run_child(spec: dict, args, timeout: float) -> dict:
   """One measurement in a fresh process: its own GPU memory pool (so peak memory is the
-  row's own), its own XLA_FLAGS, and a hung or out-of-memory row cannot stop the rest."""
+  row's own), its own XLA_FLAGS, and a hung or out-of-memory row cannot stop the rest.
+  A row that fails comes back as ``{"failed": reason}`` with its name and batch."""
   env = dict(os.environ)
   if spec.get("xla_flags"):
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + spec["xla_flags"]).strip()
   cmd = [sys.executable, "-m", "xmtf_pipeline.bench", "train", "--model", args.model,
          "--inputs", str(args.inputs), "--targets", str(args.targets), "--steps", str(args.steps),
          "--_child", json.dumps(spec)]
+  name = spec.get("name") or {"hf": "HF torch" + (" compile" if spec.get("compile") else
+                                                  " eager")}.get(spec["kind"], spec["kind"])
+  failed = {"engine": ("xmtf: " if spec["kind"] == "xmtf" else "") + name,
+            "batch": spec.get("batch", 0), "data": spec.get("data", "full")}
   try:
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-  except subprocess.TimeoutExpired:
-    print(f"{spec.get('name', spec['kind'])}: no result within {timeout:.0f} s", file=sys.stderr)
-    return None
+  except subprocess.TimeoutExpired as e:
+    partial = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    print(f"{name}: no result within {timeout:.0f} s", file=sys.stderr)
+    return dict(failed, failed=f"timeout after {timeout:.0f} s", stdout=partial[-20000:])
   line = [x for x in out.stdout.splitlines() if x.startswith("CHILDJSON:")]
   if not line:
-    print(f"{spec.get('name', spec['kind'])} failed:\n{out.stderr[-1500:]}", file=sys.stderr)
-    return None
+    reason = _failure(out.stderr, out.returncode)
+    print(f"{name} failed: {reason}\n{out.stderr[-1500:]}", file=sys.stderr)
+    return dict(failed, failed=reason, stdout=out.stdout[-20000:])
   return json.loads(line[0][len("CHILDJSON:"):])
 
 
 def child(spec: dict, args) -> dict:
   kind = spec["kind"]
   if kind == "ceiling":
-    return {"ceiling_tflops": matmul_ceiling_tflops()}
+    import jax
+    dev = jax.devices()[0]
+    return {"ceiling_tflops": matmul_ceiling_tflops() if spec.get("measure", True) else None,
+            "backend": jax.default_backend(),
+            "device": getattr(dev, "device_kind", str(dev))}
   if kind == "check":
     from xmtf_pipeline import bench_checks
+
+    def stream(row):  # rows checked before a timeout still reach the parent
+      print("CHECKROW:" + json.dumps(row), flush=True)
     return {"checks": bench_checks.run_checks(spec["model"], spec.get("batch", 2), args.inputs,
-                                              args.targets, tuple(spec["dtypes"]))}
+                                              args.targets, tuple(spec["dtypes"]), stream)}
   if kind == "hf":
     return bench_hf(args.model, spec["batch"], args.inputs, args.targets, args.steps,
-                    spec["compile"])
+                    spec["compile"], spec.get("data", "full"))
   options = {k: spec[k] for k in CONFIG_OPTIONS if k in spec}
   cfg = model_config(args.model, dropout=spec.get("dropout", 0.1), **options)
   r = bench_ours(cfg, spec["batch"], args.inputs, args.targets, args.steps,
-                 spec.get("loss_chunk", 0))
+                 spec.get("loss_chunk", 0), spec.get("data", "full"), spec.get("profile_dir"))
   r["engine"] = "xmtf: " + spec.get("name", "")
-  r["options"] = {k: v for k, v in spec.items() if k not in ("kind", "name", "batch")}
+  r["options"] = {k: v for k, v in spec.items()
+                  if k not in ("kind", "name", "batch", "profile_dir")}
   return r
+
+
+# Without --model/--inputs/--targets/--batch: the issue's setting on an accelerator; on a
+# CPU, one that finishes in a minute or two (mt5-large at batch 32 would run for minutes
+# and exhaust host memory).
+ACCELERATOR_DEFAULTS = {"model": "mt5_large", "inputs": 1024, "targets": 256, "batch": [32]}
+CPU_DEFAULTS = {"model": "mt5_small", "inputs": 128, "targets": 32, "batch": [4]}
 
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="xmtf bench train", description=__doc__.split("\n")[0])
   p.add_argument("what", nargs="?", default="train", choices=["train"])
-  p.add_argument("--model", default="mt5_large", choices=sorted(SIZES))
+  p.add_argument("--model", choices=sorted(SIZES),
+                 help="default: mt5_large on an accelerator, mt5_small on a CPU")
   p.add_argument("--batch", type=int, action="append", help="batch size (repeatable)")
-  p.add_argument("--inputs", type=int, default=1024)
-  p.add_argument("--targets", type=int, default=256)
+  p.add_argument("--inputs", type=int, help="default: 1024 (CPU: 128)")
+  p.add_argument("--targets", type=int, help="default: 256 (CPU: 32)")
   p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--data", default="full", choices=sorted(DATA),
+                 help="full: every position real; mt0: mT0's unpacked rows, mostly padding "
+                      "(MT0_MEAN_FRACTION)")
+  p.add_argument("--name", default="options as given", help="the row's label (no --ladder)")
   p.add_argument("--dropout", type=float, default=0.1)
   p.add_argument("--scan", action="store_true", help="T5Config.scan_layers")
   p.add_argument("--remat", default="none", help="T5Config.remat_policy")
@@ -272,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="with --ladder: also time the full ladder (last row) at this batch")
   p.add_argument("--check", action="store_true",
                  help="first compare each lever's loss and gradients with the plain path")
+  p.add_argument("--only-check", dest="only_check", action="store_true",
+                 help="--check and nothing else")
   p.add_argument("--check-model", dest="check_model", default="mt5_small",
                  help="model size for --check (8+8 layers compile quickly)")
   p.add_argument("--check-dtypes", dest="check_dtypes", default="float32,bfloat16",
@@ -280,8 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
                  help="also time HF transformers' torch MT5 (eager and torch.compile)")
   p.add_argument("--hf-batch", type=int, action="append", help="HF torch.compile batch sizes")
   p.add_argument("--hf-eager-batch", type=int, action="append", help="HF eager batch sizes")
+  p.add_argument("--no-ours", dest="no_ours", action="store_true",
+                 help="time only the HF rows (with --vs-hf)")
+  p.add_argument("--profile", metavar="DIR",
+                 help="trace one step of the first row into DIR and rank its XLA ops "
+                      "(prints the table, writes DIR/top_ops.json); no timing rows")
+  p.add_argument("--ceiling", type=float,
+                 help="bf16 matmul TFLOP/s measured earlier (skips measuring it)")
   p.add_argument("--timeout", type=float, default=420, help="seconds per measurement")
   p.add_argument("--json", help="write the results here as JSON")
+  p.add_argument("--jsonl", help="append every finished row (failed ones too) to this file")
   p.add_argument("--_child", help=argparse.SUPPRESS)
   return p
 
@@ -291,14 +419,25 @@ def row_specs(args) -> list[dict]:
   base = {"kind": "xmtf", "dropout": args.dropout, "scan_layers": args.scan,
           "remat_policy": args.remat, "loss_chunk": args.loss_chunk,
           "head_dtype": args.head_dtype, "attention_impl": args.attention,
-          "xla_flags": args.xla_flags}
-  batches = args.batch or [32]
+          "xla_flags": args.xla_flags, "data": args.data}
+  batches = args.batch
   if not args.ladder:
-    return [dict(base, batch=b, name="options as given") for b in batches]
+    return [dict(base, batch=b, name=args.name) for b in batches]
   ladder = [dict(s, batch=batches[0]) for s in ladder_specs(base)]
   order = (range(len(ladder)) if args.ladder_rows is None
            else [int(i) for i in args.ladder_rows.split(",")])
   return [ladder[i] for i in order] + [dict(ladder[-1], batch=b) for b in args.best_batch]
+
+
+def _resolve_defaults(args, backend: str) -> None:
+  defaults = CPU_DEFAULTS if backend == "cpu" else ACCELERATOR_DEFAULTS
+  unset = [k for k in defaults if getattr(args, k) is None]
+  for k in unset:
+    setattr(args, k, defaults[k])
+  if unset and backend == "cpu":
+    print(f"CPU backend: {', '.join(f'{k} {getattr(args, k)}' for k in unset)} (CPU-sized "
+          "defaults; mt5-large at batch 32 needs an accelerator: pass --model etc. to "
+          "override)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,39 +445,99 @@ def main(argv: list[str] | None = None) -> int:
   if args._child:
     print("CHILDJSON:" + json.dumps(child(json.loads(args._child), args)), flush=True)
     return 0
-  flops = train_flops_per_example(model_config(args.model), args.inputs, args.targets)
-  result = {"model": args.model, "inputs": args.inputs, "targets": args.targets,
-            "flops_per_example": flops, "rows": []}
+  result = {"rows": []}
 
   def save():
     if args.json:
       with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
 
-  got = run_child({"kind": "ceiling"}, args, args.timeout)
-  if got is None:
+  def record(row):
+    row.pop("stdout", None)
+    result["rows"].append(row)
+    print(table([row]), flush=True)
+    if args.jsonl:
+      with open(args.jsonl, "a") as f:
+        f.write(json.dumps(dict(row, model=args.model, inputs=args.inputs,
+                                targets=args.targets)) + "\n")
+    save()
+
+  # The ceiling child also says which backend the rows will run on (the parent does not
+  # touch the device: a GPU's memory belongs to the children). Given the ceiling and the
+  # sizes, there is nothing to ask it (bench/gpu_run.sh: one probe for many calls).
+  if args.ceiling and None not in (args.model, args.inputs, args.targets):
+    got = {"ceiling_tflops": args.ceiling, "backend": "as given", "device": "not probed"}
+    args.batch = args.batch or ACCELERATOR_DEFAULTS["batch"]
+  else:
+    got = run_child({"kind": "ceiling", "measure": not args.ceiling}, _with_sizes(args),
+                    args.timeout)
+  if "failed" in got:
+    print(f"xmtf bench train: the device probe failed: {got['failed']}", file=sys.stderr)
     return 1
-  ceiling = result["ceiling_tflops"] = got["ceiling_tflops"]
-  print(f"bf16 matmul ceiling: {ceiling:.1f} TFLOP/s", flush=True)
-  if args.check:
+  _resolve_defaults(args, got["backend"])
+  ceiling = result["ceiling_tflops"] = args.ceiling or got["ceiling_tflops"]
+  flops = train_flops_per_example(model_config(args.model), args.inputs, args.targets)
+  result.update(model=args.model, inputs=args.inputs, targets=args.targets,
+                flops_per_example=flops, backend=got["backend"], device=got["device"])
+  print(f"{got['device']} ({got['backend']}); bf16 matmul ceiling: {ceiling:.3g} TFLOP/s",
+        flush=True)
+  if args.profile:
+    return _profile(args, result, save)
+  if args.check or args.only_check:
     got = run_child({"kind": "check", "model": args.check_model,
                      "dtypes": args.check_dtypes.split(",")}, args, args.timeout)
-    result["checks"] = got["checks"] if got else None
-    if got:
-      from xmtf_pipeline.bench_checks import checks_table
-      print(checks_table(got["checks"]), flush=True)
+    from xmtf_pipeline.bench_checks import checks_table
+    checks = got.get("checks") or [json.loads(x[len("CHECKROW:"):]) for x in
+                                   got.get("stdout", "").splitlines() if x.startswith("CHECKROW:")]
+    result["checks"] = checks
+    if "failed" in got:
+      result["checks_failed"] = got["failed"]
+      print(f"--check did not finish: {got['failed']} ({len(checks)} rows before)", flush=True)
+    if checks:
+      print(checks_table(checks), flush=True)
     save()
-  specs = row_specs(args)
-  if args.vs_hf:
-    specs += [{"kind": "hf", "batch": b, "compile": False} for b in args.hf_eager_batch or [8]]
-    specs += [{"kind": "hf", "batch": b, "compile": True} for b in args.hf_batch or [16]]
+    if args.only_check:
+      return 0 if "failed" not in got and all(c.get("ok", True) for c in checks) else 1
+  specs = [] if args.no_ours else row_specs(args)
+  if args.vs_hf:  # batch 0 leaves that mode out
+    specs += [{"kind": "hf", "batch": b, "compile": False, "data": args.data}
+              for b in args.hf_eager_batch or [8] if b]
+    specs += [{"kind": "hf", "batch": b, "compile": True, "data": args.data}
+              for b in args.hf_batch or [16] if b]
   for spec in specs:
-    r = run_child(spec, args, args.timeout)
-    if r is not None:
-      result["rows"].append(_finish(r, flops, ceiling, args.inputs, args.targets))
-      print(table(result["rows"][-1:]), flush=True)
-      save()
+    record(_finish(run_child(spec, args, args.timeout), flops, ceiling, args.inputs,
+                   args.targets))
   _summarise(result, args)
+  save()
+  if specs and all("failed" in r for r in result["rows"]):
+    print(f"xmtf bench train: every row failed ({len(specs)})", file=sys.stderr)
+    return 1
+  return 0
+
+
+def _with_sizes(args):
+  """Args for the ceiling probe, whose command line needs sizes before defaults exist."""
+  probe = argparse.Namespace(**vars(args))
+  probe.model, probe.inputs, probe.targets = "mt5_tiny", 8, 8
+  return probe
+
+
+def _profile(args, result: dict, save) -> int:
+  from xmtf_pipeline import bench_profile
+  spec = dict(row_specs(args)[0], steps=1, profile_dir=os.path.abspath(args.profile))
+  os.makedirs(args.profile, exist_ok=True)
+  got = run_child(spec, argparse.Namespace(**dict(vars(args), steps=1)), args.timeout)
+  result["profile_row"] = {k: v for k, v in got.items() if k not in ("profile", "stdout")}
+  if "failed" in got:
+    print(f"profile of {spec['name']} failed: {got['failed']}", flush=True)
+    save()
+    return 1
+  result["profile"] = got["profile"]
+  title = (f"{args.model} {args.inputs}/{args.targets} batch {spec['batch']} "
+           f"({spec['name']}, data {spec['data']}): ")
+  print(bench_profile.profile_table(got["profile"], title), flush=True)
+  with open(os.path.join(args.profile, "top_ops.json"), "w") as f:
+    json.dump(result, f, indent=2)
   save()
   return 0
 
@@ -349,8 +548,9 @@ def _summarise(result: dict, args) -> None:
         f"TFLOP per example (fwd+bwd); bf16 matmul ceiling measured "
         f"{result['ceiling_tflops']:.1f} TFLOP/s")
   print(table(rows))
-  ours = [r for r in rows if r["engine"].startswith("xmtf")]
-  hf = [r for r in rows if "compile" in r["engine"]]
+  ok = [r for r in rows if "failed" not in r]
+  ours = [r for r in ok if r["engine"].startswith("xmtf")]
+  hf = [r for r in ok if "compile" in r["engine"]]
   if ours and hf:
     best = max(ours, key=lambda r: r["examples_per_s"])
     ref = max(hf, key=lambda r: r["examples_per_s"])

@@ -31,7 +31,8 @@ def _rel(a, b) -> float:
 
 
 def run_checks(model: str, batch: int, len_in: int, len_out: int,
-               dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> list[dict]:
+               dtypes: tuple[str, ...] = ("float32", "bfloat16"), on_row=None) -> list[dict]:
+  """Each lever's row; ``on_row(row)`` is called as each is done (a timeout keeps them)."""
   import jax
 
   from xmtf_pipeline import bench, layer_stacking, models, params
@@ -85,6 +86,8 @@ def run_checks(model: str, batch: int, len_in: int, len_out: int,
       except Exception as e:  # e.g. cuDNN attention where there is no cuDNN
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         rows.append(row)
+        if on_row:
+          on_row(row)
         continue
       keys = sorted(ref)
       row["loss_rel"] = abs(loss - ref_loss) / abs(ref_loss)
@@ -99,6 +102,8 @@ def run_checks(model: str, batch: int, len_in: int, len_out: int,
       row["ok"] = (row["loss_rel"] <= loss_tol and row["grad_rel"] <= grad_tol
                    and not row["encoder_relpos_grad_zero"] and not row["decoder_relpos_grad_zero"])
       rows.append(row)
+      if on_row:
+        on_row(row)
   return rows
 
 

@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) > 1 and argv[1] == "data":
       from xmtf_pipeline import bench_data
       return bench_data.main_data(argv[2:])
+    if len(argv) > 1 and argv[1] == "embed":
+      from xmtf_pipeline import bench_embed
+      return bench_embed.main(argv[2:])
     from xmtf_pipeline import bench
     return bench.main(argv[1:])
   args = build_parser().parse_args(argv)
