@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -110,18 +111,125 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path):
   assert resumed.returncode == 0 and f"Restored checkpoint_{step}" in out, out
 
 
+def test_ctrl_c_saves_and_exits_130_and_a_second_one_aborts(tmp_path):
+  run = _spawn(tmp_path / "run", 100_000, SAVE_PERIOD=1000)
+  _wait_for(tmp_path / "run" / "train", run)
+  run.send_signal(signal.SIGINT)
+  out, _ = run.communicate(timeout=120)
+  assert run.returncode == 130, out
+  assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+  assert "SIGINT: saved checkpoint_" in out, out
+  step = int(out.split("SIGINT: saved checkpoint_")[1].split()[0])
+  _, _, data = _final_params(tmp_path / "run", step)
+  assert data["batches"] == step
+
+
+def test_second_ctrl_c_aborts_at_once():
+  """The handler the loop runs under: the first SIGINT asks for a save, the second exits 130."""
+  script = textwrap.dedent("""
+      import os, signal, time
+      from xmtf_pipeline.train import _Preemption
+      with _Preemption() as p:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        assert p.requested and p.name == "SIGINT", p.signal
+        print("first: save requested", flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(10)
+      print("not aborted")
+  """)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+  got = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
+  assert got.returncode == 130, got
+  assert "first: save requested" in got.stdout and "not aborted" not in got.stdout, got
+  assert "Second Ctrl-C: aborting without saving" in got.stderr and "Traceback" not in got.stderr
+
+
+def test_demo_stops_on_sigterm(tmp_path):
+  """SIGTERM during the demo's training saves and stops: no evaluation or export after it."""
+  demo_dir = tmp_path / "demo"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+  run = subprocess.Popen([sys.executable, "-m", "xmtf_pipeline.cli", "demo", "--model_dir",
+                          str(demo_dir), "--steps", "5000", "--batch_size", "8"], cwd=REPO,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  _wait_for(demo_dir / "train", run, timeout=300)  # the first log interval: training runs
+  run.send_signal(signal.SIGTERM)
+  try:
+    out, _ = run.communicate(timeout=120)
+  except subprocess.TimeoutExpired:  # still evaluating or exporting: the bug this test is for
+    run.kill()
+    out = run.communicate()[0]
+  assert run.returncode == 143, out
+  assert "SIGTERM: saved checkpoint_" in out and "stopped by SIGTERM" in out, out
+  assert "[4/4]" not in out and "[eval]" not in out and "[export]" not in out, out
+  assert not (demo_dir / "hf").exists()
+  assert list(demo_dir.glob("checkpoint_*"))
+
+
 def test_half_written_checkpoint_is_skipped(tmp_path, capsys):
   model_dir = tmp_path / "run"
   assert train_lib.main(_flags(model_dir, steps=10)) == 0
   # Damage the newest checkpoint as a crash mid-write on a non-atomic filesystem would.
-  for f in (model_dir / "checkpoint_10" / "state").rglob("*"):
-    if f.is_file():
-      f.write_bytes(b"")
+  _damage(model_dir / "checkpoint_10")
   capsys.readouterr()
   assert train_lib.main(_flags(model_dir, steps=12)) == 0
   out = capsys.readouterr().out
   assert "skipping unreadable checkpoint checkpoint_10" in out
   assert "Restored checkpoint_5" in out
+  # Never more than one set aside per start: with checkpoint_12 and the new checkpoint_10
+  # damaged, the start sets checkpoint_12 aside and stops at checkpoint_10, moving nothing else.
+  _damage(model_dir / "checkpoint_12")
+  _damage(model_dir / "checkpoint_10")
+  assert train_lib.main(_flags(model_dir, steps=14)) == 2
+  err = capsys.readouterr().err
+  assert "checkpoint_10 in" in err and "cannot be read either" in err, err
+  assert sorted(p.name for p in model_dir.glob("checkpoint_*")) == [
+      "checkpoint_10", "checkpoint_10.unreadable", "checkpoint_12.unreadable", "checkpoint_5"]
+
+
+def _damage(checkpoint):
+  for f in (checkpoint / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"")
+
+
+def test_changed_model_on_restart_stops_before_any_rename(tmp_path, capsys):
+  """A checkpoint that does not fit the configured model is a configuration error."""
+  model_dir = tmp_path / "run"
+  assert train_lib.main(_flags(model_dir, steps=10)) == 0
+  before = sorted(os.listdir(model_dir))
+  config_gin = (model_dir / "config.gin").read_text()
+  capsys.readouterr()
+  assert train_lib.main(_flags(model_dir, steps=12) + ["--gin.network.T5Config.emb_dim=32"]) == 2
+  captured = capsys.readouterr()
+  err = captured.err.strip()
+  assert len(err.splitlines()) == 1, err
+  assert "checkpoint_10" in err and "has shape (64,)" in err and "expects (32,)" in err, err
+  assert "new MODEL_DIR" in err and "config.gin" in err, err
+  assert sorted(os.listdir(model_dir)) == before  # nothing renamed, nothing written
+  assert (model_dir / "config.gin").read_text() == config_gin
+  # The old config still continues the run.
+  assert train_lib.main(_flags(model_dir, steps=11)) == 0
+  assert "Restored checkpoint_10" in capsys.readouterr().out
+
+
+def test_changed_run_config_on_restart_is_kept_and_shown(tmp_path, capsys):
+  model_dir = tmp_path / "run"
+  assert train_lib.main(_flags(model_dir, steps=5)) == 0
+  first = (model_dir / "config.gin").read_text()
+  capsys.readouterr()
+  assert train_lib.main(_flags(model_dir, steps=7, BATCH_SIZE=8, DROPOUT_RATE=0.0)) == 0
+  out = capsys.readouterr().out
+  assert "kept it as config-5.gin" in out, out
+  assert "BATCH_SIZE: 16 -> 8" in out and "DROPOUT_RATE: 0.1 -> 0.0" in out, out
+  assert "TRAIN_STEPS: 5 -> 7" in out and "RANDOM_SEED" not in out, out
+  assert (model_dir / "config.gin").read_text() == first  # the first start's, kept
+  assert "BATCH_SIZE = 8" in (model_dir / "config-5.gin").read_text()
+  # A start with the same config as the last one records nothing new.
+  assert train_lib.main(_flags(model_dir, steps=7, BATCH_SIZE=8, DROPOUT_RATE=0.0)) == 0
+  assert "config:" not in capsys.readouterr().out
+  assert sorted(p.name for p in model_dir.glob("config*.gin")) == ["config-5.gin", "config.gin"]
 
 
 @pytest.mark.parametrize("override,message", [

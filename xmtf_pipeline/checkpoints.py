@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from typing import Any
 
 import jax
@@ -68,19 +69,47 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def restore_latest(self, target: Any) -> tuple[int, Any, dict[str, Any]] | None:
-    """Newest checkpoint that restores; a broken one is skipped with a warning."""
+    """Newest checkpoint that restores; an unreadable one is set aside with a warning.
+
+    A checkpoint whose shapes (read from its metadata, before any restore) do not
+    fit ``target`` is a configuration error: CheckpointError, nothing is moved.
+    Only a checkpoint that cannot be read at all is set aside (renamed
+    ``*.unreadable``), and at most one per start: if the previous one cannot be
+    read either, the start stops instead of walking back through the run.
+    """
+    set_aside = None
     for step in reversed(self.steps()):
+      name = f"{STEP_PREFIX}_{step}"
+      error: Exception | None = None
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), dataset=ocp.args.JsonRestore()))
-        return step, restored["state"], dict(restored["dataset"])
-      except Exception as e:  # a half-written or damaged checkpoint: fall back
-        moved = self._set_aside(step)
-        log.warning("Skipping %s: it cannot be restored (%s: %s); moved to %s.", moved,
-                    type(e).__name__, str(e).splitlines()[0] if str(e) else "", moved)
-        print(f"warning: skipping unreadable checkpoint {STEP_PREFIX}_{step} in {self.model_dir} "
-              f"({type(e).__name__}); kept it as {os.path.basename(moved)} and restoring the "
-              "previous one.", flush=True)
+        saved = saved_shapes(self._manager, step)
+      except Exception as e:  # no readable metadata: a half-written or damaged checkpoint
+        saved, error = None, e
+      if saved is not None:
+        mismatch = first_mismatch(saved, _shapes_of(target))
+        if mismatch:
+          raise CheckpointError(
+              f"MODEL_DIR {self.model_dir} holds {name}, which does not fit the configured "
+              f"model: {mismatch}. Nothing was changed: restart with the configuration that "
+              f"wrote it (see {os.path.join(self.model_dir, 'config.gin')}), or train this "
+              "model in a new MODEL_DIR.")
+        try:
+          restored = self._manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(target), dataset=ocp.args.JsonRestore()))
+          return step, restored["state"], dict(restored["dataset"])
+        except Exception as e:  # metadata fine, arrays damaged
+          error = e
+      reason = f"{type(error).__name__}: {_first_line(error)}"
+      if set_aside is not None:
+        raise CheckpointError(
+            f"{name} in {self.model_dir} cannot be read either ({reason}); this start already "
+            f"set aside {os.path.basename(set_aside)} and moves no more. Check the storage, then "
+            f"move {name} away yourself (or restore it from a copy) and restart.")
+      set_aside = self._set_aside(step)
+      log.warning("Skipping %s: it cannot be restored (%s); moved to %s.", name, reason, set_aside)
+      print(f"warning: skipping unreadable checkpoint {name} in {self.model_dir} "
+            f"({type(error).__name__}); kept it as {os.path.basename(set_aside)} and restoring "
+            "the previous one.", flush=True)
     return None
 
   def _set_aside(self, step: int) -> str:
@@ -96,6 +125,104 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+_ARRAY_IN_ERROR = re.compile(r'(?:Error reading|Error opening|reading) "([^"/]+)(?:/[^"]*)?"')
+_STEP_DIR = re.compile(re.escape(STEP_PREFIX) + r"_(\d+)")
+
+
+def previous_checkpoint(path: str) -> str | None:
+  """The newest ``checkpoint_<n>`` beside ``path`` (a checkpoint_<step> folder) with n < step."""
+  path = os.path.abspath(path)
+  m = _STEP_DIR.fullmatch(os.path.basename(path))
+  if not m:
+    return None
+  parent = os.path.dirname(path)
+  try:
+    steps = [int(x[1]) for n in os.listdir(parent) if (x := _STEP_DIR.fullmatch(n))
+             and int(x[1]) < int(m[1]) and os.path.isdir(os.path.join(parent, n))]
+  except OSError:
+    return None
+  return os.path.join(parent, f"{STEP_PREFIX}_{max(steps)}") if steps else None
+
+
+def damaged(path: str, error: BaseException, array: str | None = None) -> CheckpointError:
+  """One line for a checkpoint whose arrays cannot be read: which array, and what to use instead.
+
+  ``array`` when known; else taken from TensorStore's message, else found by
+  reading the arrays one by one until one fails.
+  """
+  path = os.path.abspath(path)
+  if array is None:
+    m = _ARRAY_IN_ERROR.search(str(error))
+    array = m[1].replace(".", "/") if m else _first_unreadable_array(path)
+  what = f"array {array} cannot be read" if array else "its arrays cannot be read"
+  reason = _first_line(error)
+  reason = reason if len(reason) <= 160 else reason[:157] + "..."
+  previous = previous_checkpoint(path)
+  advice = (f"use the previous checkpoint {previous}" if previous else
+            "no earlier checkpoint is beside it; restore it from a copy")
+  return CheckpointError(f"Checkpoint {path} is damaged or incomplete: {what} ({reason}); "
+                         f"{advice}.")
+
+
+def _first_unreadable_array(path: str) -> str | None:
+  from xmtf_pipeline import t5x_import
+  try:
+    reader = t5x_import.open_checkpoint(path)
+  except Exception as e:
+    m = re.search(r"array (\S+) cannot be opened", str(e))
+    return m[1] if m else None
+  for name in reader.entries:
+    try:
+      reader.read(name)
+    except Exception:
+      return name
+  return None
+
+
+def _first_line(e: BaseException | None) -> str:
+  text = str(e) if e is not None else ""
+  return text.splitlines()[0][:300] if text else ""
+
+
+def saved_shapes(manager: ocp.CheckpointManager, step: int) -> dict[str, tuple[int, ...]]:
+  """{'target/…' | 'state/…': shape} of a checkpoint's ``state`` item, from its metadata only."""
+  meta = manager.item_metadata(step)["state"]
+  tree = getattr(meta, "tree", meta)
+  if not isinstance(tree, dict) or "target" not in tree:
+    raise CheckpointError(f"{STEP_PREFIX}_{step} has no 'target' parameters in its metadata.")
+  return _shapes_of(tree)
+
+
+def _shapes_of(tree: Any, prefix: str = "") -> dict[str, tuple[int, ...]]:
+  out: dict[str, tuple[int, ...]] = {}
+  if hasattr(tree, "shape") and not isinstance(tree, dict):
+    out[prefix] = tuple(tree.shape)
+  elif isinstance(tree, dict):
+    for k, v in tree.items():
+      out.update(_shapes_of(v, f"{prefix}/{k}" if prefix else str(k)))
+  elif tree is not None:
+    out[prefix] = tuple(getattr(tree, "shape", ()))
+  return out
+
+
+def first_mismatch(saved: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]
+                   ) -> str | None:
+  """The first parameter (then optimizer slot) whose shape differs, in words; or None."""
+  def order(name):  # parameters before optimizer state, then by name
+    return (not name.startswith("target/"), name)
+
+  for name in sorted(set(saved) | set(want), key=order):
+    what = "model" if name.startswith("target/") else "optimizer"
+    if name not in saved:
+      return f"{name} (shape {want[name]} in the configured {what}) is not in the checkpoint"
+    if name not in want:
+      return f"the checkpoint has {name} (shape {saved[name]}), which the configured {what} lacks"
+    if tuple(saved[name]) != tuple(want[name]):
+      return (f"{name} has shape {tuple(saved[name])} in the checkpoint but the configured {what} "
+              f"expects {tuple(want[name])}")
+  return None
 
 
 def _checkpoint_step_dir(path: str) -> tuple[str, int]:
@@ -145,8 +272,11 @@ def restore_initial(path: str, config: T5Config, target: Any, params_only: bool 
   try:
     meta = mngr.item_metadata(step)["state"]
   except Exception as e:
-    raise CheckpointError(f"{directory}/{STEP_PREFIX}_{step} is not a readable checkpoint: "
-                          f"{type(e).__name__}: {e}") from e
+    previous = previous_checkpoint(os.path.join(directory, f"{STEP_PREFIX}_{step}"))
+    raise CheckpointError(
+        f"{directory}/{STEP_PREFIX}_{step} is not a readable checkpoint ({type(e).__name__}: "
+        f"{_first_line(e)})" + (f"; use the previous checkpoint {previous}." if previous
+                                else ".")) from None
   tree = getattr(meta, "tree", meta)
   if not isinstance(tree, dict) or "target" not in tree:
     raise CheckpointError(f"{directory}/{STEP_PREFIX}_{step} has no 'target' parameters.")
@@ -158,7 +288,11 @@ def restore_initial(path: str, config: T5Config, target: Any, params_only: bool 
     target = {"target": target["target"], "state": saved_state}
   else:
     _check_optimizer_state(saved_state, target["state"], f"{directory}/{STEP_PREFIX}_{step}")
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
+  except Exception as e:  # the metadata read, an array did not: truncated or damaged files
+    raise damaged(os.path.join(directory, f"{STEP_PREFIX}_{step}"), e) from None
   return restored["state"]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 
 import jax
@@ -94,9 +95,13 @@ def main(model: str = "mt5_tiny", model_dir: str | None = None, steps: int = 400
 
   print(f"[3/4] xmtf train {' '.join(_flags(model_dir, steps, batch_size, model)[:2])} ...")
   t_train = time.time()
-  rc = train_lib.main(_flags(model_dir, steps, batch_size, model))
+  rc, result = train_lib.run_main(_flags(model_dir, steps, batch_size, model))
   if rc:
     return rc
+  if result is not None and result.preempted:  # SIGTERM: saved; stop here, as a train would
+    print(f"[demo] stopped by SIGTERM at step {result.final_step} (checkpoint saved in "
+          f"{model_dir}); skipping evaluation and export.", flush=True)
+    return 128 + signal.SIGTERM
   t_train = time.time() - t_train
 
   state = TrainState.create(init, Adafactor())

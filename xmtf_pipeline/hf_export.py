@@ -33,7 +33,7 @@ from xmtf_pipeline import hf_mapping, safetensors_io
 from xmtf_pipeline import params as params_lib
 from xmtf_pipeline.hf_import import finish_output_dir, prepare_output_dir
 from xmtf_pipeline.network import T5Config
-from xmtf_pipeline.t5x_import import CheckpointReader, open_checkpoint
+from xmtf_pipeline.t5x_import import CheckpointReader, T5XCheckpointError, open_checkpoint
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -259,7 +259,12 @@ def write_weights(reader: CheckpointReader, out: str, dtype: np.dtype, max_shard
     name = f"target/{path}"
 
     def produce(name=name, transpose=transpose):
-      return safetensors_io.iter_row_blocks(reader.read(name), dtype, transpose)
+      try:
+        value = reader.read(name)
+      except Exception as e:  # TensorStore: a truncated or damaged array file
+        from xmtf_pipeline import checkpoints
+        raise checkpoints.damaged(reader.path, e, name) from None
+      return safetensors_io.iter_row_blocks(value, dtype, transpose)
 
     plans.append(safetensors_io.TensorPlan(key, dtype, shape[::-1] if transpose else shape,
                                            produce))
@@ -394,7 +399,14 @@ def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwri
   """
   if dtype not in DTYPES:
     raise HFExportError(f"--dtype {dtype!r}: choose float32 or bfloat16.")
-  reader = open_checkpoint(checkpoint_dir)
+  try:
+    reader = open_checkpoint(checkpoint_dir)
+  except T5XCheckpointError as e:
+    array = re.search(r"array (\S+) cannot be opened", str(e))
+    if not array:
+      raise
+    from xmtf_pipeline import checkpoints
+    raise checkpoints.damaged(checkpoint_dir, e.__cause__ or e, array[1]) from None
   ckpt = reader.path
   model_dir = os.path.dirname(ckpt)
   run: dict[str, Any] = {}

@@ -7,6 +7,7 @@ the host between steps. Only process 0 writes summaries.
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any
 
@@ -98,3 +99,89 @@ class RunLogger:
     self._bar.close()
     for w in self._writers.values():
       w.close()
+
+
+# --------------------------------------------------------------------------- run configs
+# Every start's operative config is kept: ``config.gin`` is the first start's (what
+# ``xmtf export-hf`` and ``select-checkpoint`` read the architecture from, which a
+# restart cannot change), and a later start whose config differs from the last one
+# recorded adds ``config-<step>.gin``, <step> being the step it continued from
+# (``config-<step>.<n>.gin`` for another differing start at the same step).
+
+_CONFIG_NAME = re.compile(r"config-(\d+)(?:\.(\d+))?\.gin")
+
+
+def config_files(model_dir: str) -> list[str]:
+  """The run's recorded configs, oldest first: config.gin, then config-<step>[.<n>].gin."""
+  try:
+    names = os.listdir(model_dir)
+  except OSError:
+    return []
+  later = sorted(((int(m[1]), int(m[2] or 1)), n) for n in names
+                 if (m := _CONFIG_NAME.fullmatch(n)))
+  first = ["config.gin"] if "config.gin" in names else []
+  return [os.path.join(model_dir, n) for n in first + [n for _, n in later]]
+
+
+def config_bindings(text: str) -> dict[str, str]:
+  """gin operative config text -> {binding or import: value as written}."""
+  out: dict[str, str] = {}
+  statement: list[str] = []
+  depth = 0
+  for line in text.splitlines():
+    stripped = line.split("#", 1)[0].rstrip() if not line.lstrip().startswith("#") else ""
+    if not statement and not stripped:
+      continue
+    statement.append(stripped.strip())
+    depth += sum(stripped.count(c) for c in "([{") - sum(stripped.count(c) for c in ")]}")
+    if depth > 0 or stripped.endswith("\\"):
+      continue
+    joined = " ".join(s.rstrip("\\").strip() for s in statement if s)
+    statement, depth = [], 0
+    if joined.startswith(("import ", "from ")):
+      out[joined] = ""
+    elif "=" in joined:
+      key, value = (s.strip() for s in joined.split("=", 1))
+      out[key] = value
+  return out
+
+
+def config_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
+  lines = []
+  for key in sorted(set(old) | set(new)):
+    if key in old and key in new and old[key] == new[key]:
+      continue
+    if key not in old:
+      lines.append(f"+ {key} = {new[key]}" if new[key] else f"+ {key}")
+    elif key not in new:
+      lines.append(f"- {key} = {old[key]}" if old[key] else f"- {key}")
+    else:
+      lines.append(f"  {key}: {old[key]} -> {new[key]}")
+  return lines
+
+
+def record_config(model_dir: str, text: str, step: int) -> str | None:
+  """Keeps this start's operative config; returns a message when it differs from the last.
+
+  The first start writes ``config.gin``; a later start writes
+  ``config-<step>.gin`` only when its bindings differ from the newest recorded
+  config, and the message lists what changed.
+  """
+  recorded = config_files(model_dir)
+  if not recorded:
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+      f.write(text)
+    return None
+  with open(recorded[-1]) as f:
+    changes = config_changes(config_bindings(f.read()), config_bindings(text))
+  if not changes:
+    return None
+  path, n = os.path.join(model_dir, f"config-{step}.gin"), 1
+  while os.path.exists(path):
+    n += 1
+    path = os.path.join(model_dir, f"config-{step}.{n}.gin")
+  with open(path, "w") as f:
+    f.write(text)
+  return (f"config: this start (from step {step}) differs from the last recorded config "
+          f"{os.path.basename(recorded[-1])}; kept it as {os.path.basename(path)} "
+          f"(config.gin stays the first start's):\n" + "\n".join(changes))

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+import gin
 from xmtf_pipeline import (
   checkpoints,
   distributed,
@@ -28,6 +29,7 @@ from xmtf_pipeline import (
   models,
   params,
   partitioning,
+  run_logging,
   trainer,
 )
 from xmtf_pipeline.adafactor import Adafactor
@@ -47,6 +49,7 @@ class TrainResult:
   last_loss: float | None
   eval_metrics: dict[str, float]
   preempted: bool = False
+  stop_signal: int | None = None  # signal.SIGTERM or signal.SIGINT when preempted
 
 
 def _check_model_dir(model_dir: str) -> None:
@@ -63,25 +66,50 @@ def _check_model_dir(model_dir: str) -> None:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag checked between steps (save, then exit 0)."""
+  """SIGTERM and a first SIGINT (Ctrl-C) become a flag checked between steps.
+
+  The loop then saves a checkpoint and stops (``main`` exits 0 after SIGTERM,
+  130 after SIGINT). A second SIGINT aborts at once without saving; the newest
+  checkpoint on disk is untouched (saves are atomic).
+  """
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.signal: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  @property
+  def requested(self) -> bool:
+    return self.signal is not None
+
+  @property
+  def name(self) -> str:
+    return "SIGINT" if self.signal == signal.SIGINT else "SIGTERM"
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler
-      self._previous = None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: no handler
+        pass
     return self
 
   def _handle(self, signum, frame):
-    self.requested = True
+    if signum == signal.SIGINT and self.signal is not None:
+      sys.stdout.flush()
+      sys.stderr.write("\nSecond Ctrl-C: aborting without saving; the newest checkpoint in "
+                       "MODEL_DIR is intact.\n")
+      sys.stderr.flush()
+      os._exit(130)
+    if self.signal is None:
+      self.signal = signum
+    if signum == signal.SIGINT:
+      sys.stderr.write("\nCtrl-C: saving a checkpoint after the current step, then exiting "
+                       "(Ctrl-C again aborts without saving).\n")
+      sys.stderr.flush()
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
 
 
 def _seed(value: int | None) -> int:
@@ -119,17 +147,23 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
     if cfg is not None:
       input_pipeline.validate(cfg, num_shards)
       _check_divisible(cfg, partitioner.data_parallel_size(mesh), num_microbatches)
-  if jax.process_index() == 0:
-    gin_config.write_operative_config(model_dir)
-
   ckpt = checkpoints.Checkpointer(model_dir, checkpoint_cfg.keep)
-  state, disk, data_state = _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed,
-                                             train_dataset_cfg, partitioner, mesh)
+  try:
+    state, disk, data_state = _restore_or_init(model, optimizer, ckpt, checkpoint_cfg,
+                                               random_seed, train_dataset_cfg, partitioner, mesh)
+  except BaseException:
+    ckpt.close()
+    raise
   shardings = disk.shardings
   start_step = int(state.step)
+  if jax.process_index() == 0:
+    note = run_logging.record_config(model_dir, gin.operative_config_str(), start_step)
+    if note:
+      print(note, flush=True)
   if start_step >= total_steps:
     print(f"Step {start_step} >= TRAIN_STEPS={total_steps}: nothing to train "
           "(TRAIN_STEPS is absolute and counts restored steps).")
+    ckpt.close()
     return TrainResult(start_step, start_step, None, None, {})
 
   rng = jax.random.PRNGKey(data_state["random_seed"])
@@ -151,7 +185,7 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
   preempted = False
   step = start_step
   try:
-    with _Preemption() as preemption:
+    with _Preemption() as preemption:  # SIGTERM / Ctrl-C: save, then stop
       while step < total_steps:
         try:
           batch = next(batches)
@@ -177,13 +211,15 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
           _flush(logger, step, require_finite_only=True)
           ckpt.save(step, disk.to_disk(state.state_dict()), data_state)
         if preemption.requested:
-          print(f"SIGTERM: saved checkpoint_{step} in {model_dir}; exiting.", flush=True)
+          print(f"{preemption.name}: saved checkpoint_{step} in {model_dir}; exiting (run the "
+                "same command to continue).", flush=True)
           preempted = True
           break
   finally:
     logger.close()
     ckpt.close()
-  return TrainResult(start_step, step, first_loss, last_loss, eval_metrics, preempted)
+  return TrainResult(start_step, step, first_loss, last_loss, eval_metrics, preempted,
+                     preemption.signal if preempted else None)
 
 
 def _flush(logger: RunLogger, step: int, require_finite_only: bool = False) -> dict[str, float]:
@@ -329,6 +365,13 @@ def _configure_data_flags(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "xmtf train") -> int:
+  """Exit status: 0 done (or stopped by SIGTERM after saving), 2 bad input, 130 Ctrl-C."""
+  return run_main(argv, prog)[0]
+
+
+def run_main(argv: list[str] | None = None, prog: str = "xmtf train"
+             ) -> tuple[int, TrainResult | None]:
+  """``main`` that also returns the run's result (None when it did not run)."""
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     args = build_arg_parser(prog).parse_args(gin_config.rewrite_gin_args(argv))
@@ -348,11 +391,14 @@ def main(argv: list[str] | None = None, prog: str = "xmtf train") -> int:
     message = "\n".join(line for line in str(e).splitlines()
                         if not line.strip().startswith("In call to configurable"))
     print(f"{prog}: error: {message}", file=sys.stderr)
-    return 2
+    return 2, None
+  except KeyboardInterrupt:  # Ctrl-C before the training loop: nothing new to save
+    print(f"\n{prog}: interrupted before training started; nothing was saved.", file=sys.stderr)
+    return 130, None
   if result.last_loss is not None:
     print(f"Done: step {result.start_step} -> {result.final_step}, "
           f"loss {result.first_loss:.4f} -> {result.last_loss:.4f}.")
-  return 0
+  return (130 if result.stop_signal == signal.SIGINT else 0), result
 
 
 if __name__ == "__main__":
