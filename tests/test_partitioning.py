@@ -157,63 +157,6 @@ def test_two_processes_equal_one_and_checkpoints_cross_restore(tmp_path):
     assert np.linalg.norm(a[p] - b[p]) <= 1e-4 * max(np.linalg.norm(b[p]), 1e-30), p
 
 
-def test_plan_matches_real_sizes_on_one_device():
-  import jax
-
-  from xmtf_pipeline import gin_config, params, planner
-  from xmtf_pipeline.adafactor import Adafactor
-  config = gin_config.load_model_config("mt5_tiny")
-  tree = params.init_params(config, jax.random.PRNGKey(0))
-  opt_state = Adafactor().init(tree)
-  plan = planner.plan_config(config, Partitioner(), 1, 8, {"inputs": 64, "targets": 16})
-  assert plan.param_bytes == sum(x.nbytes for x in jax.tree_util.tree_leaves(tree))
-  assert plan.optimizer_bytes == sum(x.nbytes for x in jax.tree_util.tree_leaves(opt_state))
-
-
-def test_plan_of_a_scanned_model_matches_real_sizes():
-  import jax
-
-  from xmtf_pipeline import gin_config, params, planner
-  from xmtf_pipeline.adafactor import Adafactor
-  config = gin_config.load_model_config("mt5_tiny").replace(scan_layers=True)
-  tree = params.init_params(config, jax.random.PRNGKey(0))
-  opt_state = Adafactor(min_dim_size_to_factor=64).for_logical_axes(
-      params.logical_axes(config)).init(tree)
-  assert any(x.ndim == 3 for x in jax.tree_util.tree_leaves(tree))
-  # mt5_tiny's kernels are 64 x 128: factored only with min_dim_size_to_factor <= 64.
-  plan = planner.plan_config(config, Partitioner(), 1, 8, {"inputs": 64, "targets": 16})
-  assert plan.param_bytes == sum(x.nbytes for x in jax.tree_util.tree_leaves(tree))
-  default = Adafactor().for_logical_axes(params.logical_axes(config)).init(tree)
-  assert plan.optimizer_bytes == sum(x.nbytes for x in jax.tree_util.tree_leaves(default))
-  assert sum(x.nbytes for x in jax.tree_util.tree_leaves(opt_state)) < plan.optimizer_bytes
-
-
-def test_plan_counts_one_logits_chunk_with_a_chunked_loss():
-  from xmtf_pipeline import gin_config, planner
-  config = gin_config.load_model_config("mt5_tiny")
-  lengths = {"inputs": 64, "targets": 256}
-  full = planner.plan_config(config, Partitioner(), 1, 8, lengths)
-  chunked = planner.plan_config(config, Partitioner(), 1, 8, lengths, loss_chunk_length=32)
-  # float32 logits and their gradient: 2 x 4 bytes x batch x positions x vocab.
-  assert full.activation_bytes - chunked.activation_bytes == 2 * 4 * 8 * (256 - 32) * 512
-  # With remat on, the verdict rests on the remat estimate (capacity between the bounds).
-  remat = planner.plan_config(config.replace(remat_policy="full"), Partitioner(), 1, 8, lengths,
-                              loss_chunk_length=32, capacity_gib=0.0)
-  cap = (remat.total_bytes + remat.remat_total_bytes) / 2 / 0.9
-  remat.capacity_bytes = int(cap)
-  assert "fits with remat_policy='full'" in remat.table()
-  chunked.capacity_bytes = int(cap)
-  assert "fits only with rematerialisation" in chunked.table()
-
-
-def test_plan_cli_on_the_mt0_large_recipe(capsys):
-  from xmtf_pipeline import planner
-  assert planner.main(["--gin_file=mt0/mt0_large_xp3.gin", "--slice", "v4-64"]) == 0
-  out = capsys.readouterr().out
-  assert "mesh {'data': 32, 'model': 1} on 32 devices; 16 examples per device" in out
-  assert "parameters (f32)" in out and "4.58 GiB" in out
-
-
 @pytest.mark.parametrize("script,args,expected", [
     ("launch_tpu_pod.sh", ["my-v4-64", "us-central2-b", "--", "--gin_file=mt0/mt0_large_xp3.gin"],
      ["gcloud compute tpus tpu-vm ssh my-v4-64", "--worker=all", "install.sh", "xmtf\\ train"]),

@@ -241,9 +241,15 @@ T5X_ONLY = {
 }
 
 
+# Our engine's memory options (same numerics), which T5X's network lacks: XLA rematerialises there.
+OURS_ONLY = {"network.T5Config.remat_policy", "network.T5Config.scan_layers",
+             "models.EncoderDecoderModel.loss_chunk_length"}
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_values_equal_our_recipe(size):
   ours = _bindings(REPO / "gin" / "mt0" / f"mt0_{size}_xp3.gin")
+  ours = {k: v for k, v in ours.items() if k not in OURS_ONLY}
   theirs = _bindings(T5X_GIN / f"mt0_{size}_xp3.gin")
   mapped = set()
   for key, value in ours.items():

@@ -142,4 +142,9 @@ class Partitioner:
     def wrapped(*args):
       with mesh, nn.logical_axis_rules(rules):
         return fn(*args)
+
+    def lower(*args):  # AOT: lower with abstract inputs (xmtf plan's compiled figure)
+      with mesh, nn.logical_axis_rules(rules):
+        return fn.lower(*args)
+    wrapped.lower = lower
     return wrapped

@@ -5,21 +5,32 @@ from the same logical rules the trainer uses). Activations are an estimate: the
 per-layer formula of Korthikanti et al. 2022 (16-bit activations saved for the
 backward pass, no rematerialisation: s*b*d*(34 + 5*a*s/d) bytes per layer), plus
 the decoder's cross-attention and the float32 logits.
+
+Beside the formula, the planner compiles the run's real train step for the plan's
+mesh and per-device batch (``memory_compile``: abstract inputs, nothing allocated) and
+reads XLA's ``memory_analysis()``; that compiled figure decides the verdict when it
+can be had. Both are printed side by side.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 
 import numpy as np
 
-from xmtf_pipeline import gin_config, params
+from xmtf_pipeline import gin_config, memory_compile, params
 from xmtf_pipeline.adafactor import Adafactor
 from xmtf_pipeline.network import T5Config
 from xmtf_pipeline.partitioning import Partitioner
 
 GIB = 1024 ** 3
+
+
+def fmt(n: int) -> str:
+  """Bytes as GiB, or MiB below 1 GiB (so mt5_tiny's figures are not 0.00)."""
+  return f"{n / GIB:7.2f} GiB" if n >= GIB else f"{n / 1024 ** 2:7.2f} MiB"
 # Accelerator memory per device (GiB) and slice sizes (devices = chips).
 CHIPS = {"tpu-v4": 32, "tpu-v5e": 16, "tpu-v5p": 95, "a100-40g": 40, "a100-80g": 80,
          "h100": 80, "h200": 141}
@@ -39,6 +50,13 @@ class Plan:
   remat_activation_bytes: int
   capacity_bytes: int | None
   remat_policy: str = "none"  # the config's; with remat on, the lower bound is the estimate
+  compiled: memory_compile.CompiledMemory | None = None  # XLA's figure, when compiled
+  compile_note: str = ""  # why there is no compiled figure, or how it was made
+
+  @property
+  def formula_bytes(self) -> int:
+    """The formula's figure for the config as set: no remat -> upper bound, remat -> lower."""
+    return self.total_bytes if self.remat_policy == "none" else self.remat_total_bytes
 
   @property
   def total_bytes(self) -> int:
@@ -58,18 +76,52 @@ class Plan:
             ("total (lower bound)", self.remat_total_bytes)]
     lines = [f"mesh {self.mesh} on {self.devices} devices; {self.per_device_batch} examples "
              "per device per microbatch"]
-    lines += [f"  {name:<40} {b / GIB:10.2f} GiB" for name, b in rows]
+    lines += [f"  {name:<40} {fmt(b):>14}" for name, b in rows]
+    if self.compiled is not None:
+      lines += self.side_by_side()
+      lines += [f"  note: {self.compile_note}"] if self.compile_note else []
+    elif self.compile_note:
+      lines.append(f"  compiled figure: none ({self.compile_note})")
     if self.capacity_bytes:
-      cap = 0.9 * self.capacity_bytes
-      remat_on = self.remat_policy != "none"
-      verdict = ("fits" if self.total_bytes <= cap else
-                 f"fits with remat_policy={self.remat_policy!r}"
-                 if remat_on and self.remat_total_bytes <= cap else
-                 "fits only with rematerialisation (XLA's or per-layer)"
-                 if self.remat_total_bytes <= cap else "does NOT fit")
-      lines.append(f"  {'device memory':<40} {self.capacity_bytes / GIB:10.2f} GiB -> {verdict} "
-                   "(with 10% headroom)")
+      lines.append(f"  {'device memory':<40} {fmt(self.capacity_bytes):>14} -> "
+                   f"{self.verdict()}")
     return "\n".join(lines)
+
+  def formula_verdict(self) -> str:
+    cap = 0.9 * self.capacity_bytes
+    remat_on = self.remat_policy != "none"
+    return ("fits" if self.total_bytes <= cap else
+            f"fits with remat_policy={self.remat_policy!r}"
+            if remat_on and self.remat_total_bytes <= cap else
+            "fits only with rematerialisation (XLA's or per-layer)"
+            if self.remat_total_bytes <= cap else "does NOT fit")
+
+  def verdict(self) -> str:
+    """By the compiled figure when there is one, else by the formula."""
+    if self.compiled is None:
+      return f"{self.formula_verdict()} by the formula (with 10% headroom)"
+    fits = self.compiled.peak_bytes <= 0.9 * self.capacity_bytes
+    return (f"{'fits' if fits else 'does NOT fit'} by the compiled figure "
+            f"({self.compiled.peak_bytes / GIB:.2f} GiB, with 10% headroom; the formula says: "
+            f"{self.formula_verdict()})")
+
+  def side_by_side(self) -> list[str]:
+    c = self.compiled
+    how = (f"XLA:{c.backend.upper()}, {c.devices}-device mesh"
+           + (", layers scanned" if c.scan_layers else "") + f", compiled in {c.compile_seconds:.0f} s")
+    formula_rest = self.formula_bytes - self.param_bytes - self.optimizer_bytes
+    rows = [("state: parameters + Adafactor", self.param_bytes + self.optimizer_bytes,
+             c.argument_bytes, "argument: state + batch"),
+            ("gradients + activations + logits", formula_rest,
+             c.temp_bytes + c.output_bytes - c.alias_bytes, "temp + undonated output"),
+            ("total per device", self.formula_bytes, c.peak_bytes,
+             "peak = argument + output - alias + temp")]
+    lines = [f"  {'per device, side by side':<34} {'formula':>11} {'compiled':>13}   ({how})"]
+    lines += [f"  {name:<34} {fmt(f)} {fmt(x):>13}   {what}" for name, f, x, what in rows]
+    if c.backend == "cpu":
+      lines += textwrap.wrap(memory_compile.CPU_CAVEATS, 98, initial_indent="  ",
+                             subsequent_indent="  ")
+    return lines
 
 
 def _mesh_axes(logical: tuple[str | None, ...], rules) -> list[str | None]:
@@ -157,16 +209,37 @@ def plan_config(config: T5Config, partitioner: Partitioner, devices: int, batch_
 _MACROS_READ = ("MODEL_CONFIG", "BATCH_SIZE", "TASK_FEATURE_LENGTHS", "NUM_MICROBATCHES")
 
 
-def plan_from_gin(gin_files, bindings, devices: int, chip: str | None) -> Plan:
+def plan_from_gin(gin_files, bindings, devices: int, chip: str | None, compile: str = "off",
+                  scan_for_compile: bool = True, compile_timeout: float | None = None) -> Plan:
+  """The formula's plan of a run config, with XLA's compiled figure unless ``compile='off'``.
+
+  ``scan_for_compile`` compiles the step with the layers in one scan (one layer for
+  XLA to compile, not 2 x num_layers), whatever the config's ``scan_layers``.
+  """
   gin_config.parse(gin_files, ["MODEL_DIR = '/tmp/plan'", *bindings], finalize=False)
   gin_config.check_unread_macros(read_by_code=_MACROS_READ)
   config = gin_config.evaluate("%MODEL_CONFIG")
-  partitioner = gin_config.evaluate("@partitioning.Partitioner()")
-  model = gin_config.evaluate("@models.EncoderDecoderModel()")
-  plan = plan_config(config, partitioner, devices, int(gin_config.evaluate("%BATCH_SIZE")),
-                     dict(gin_config.evaluate("%TASK_FEATURE_LENGTHS")),
-                     int(gin_config.evaluate("%NUM_MICROBATCHES")),
-                     CHIPS[chip] if chip else None, model.loss_chunk_length)
+  run = memory_compile.run_objects()
+  plan = plan_config(config, run["partitioner"], devices, run["batch_size"], run["lengths"],
+                     run["num_microbatches"], CHIPS[chip] if chip else None,
+                     run["model"].loss_chunk_length)
+  if compile == "off":
+    plan.compile_note = "--compile=off"
+    return plan
+  import jax
+  if scan_for_compile and not config.scan_layers:
+    plan.compile_note = ("the compile scans the layers (fast); the config runs them one by one, "
+                         "which XLA may schedule differently (--compile_unscanned compiles that)")
+  try:
+    if jax.device_count() >= devices:
+      plan.compiled = memory_compile.compile_run(run, devices, scan_for_compile)
+    else:
+      plan.compiled = memory_compile.compile_in_child(gin_files, bindings, devices,
+                                                      scan_for_compile, compile_timeout)
+  except Exception as e:  # the formula still stands; say why there is no compiled figure
+    if compile == "on":
+      raise ValueError(f"compiling the train step failed: {e}") from e
+    plan.compile_note = f"compile failed: {str(e).splitlines()[0][:200]}"
   return plan
 
 
@@ -178,6 +251,15 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--slice", choices=sorted(SLICES), help="a TPU slice (sets chip and devices)")
   p.add_argument("--chip", choices=sorted(CHIPS), help="device type (memory per device)")
   p.add_argument("--devices", type=int, help="number of devices (chips)")
+  p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                 help="compile the real train step for the plan's mesh and read XLA's memory "
+                 "figure (default auto: compile, fall back to the formula if it fails; on: fail "
+                 "if it fails; off: the formula only)")
+  p.add_argument("--compile_unscanned", action="store_true",
+                 help="compile the layers one by one as the config has them (slower) instead "
+                 "of in one scan")
+  p.add_argument("--compile_timeout", type=float, default=900.0,
+                 help="seconds allowed for the compile subprocess")
   args = p.parse_args(gin_config.rewrite_gin_args(argv or []))
   chip, devices = args.chip, args.devices
   if args.slice:
@@ -185,10 +267,12 @@ def main(argv: list[str] | None = None) -> int:
   if not devices:
     p.error("give --devices (and --chip) or --slice")
   try:
-    plan = plan_from_gin(args.gin_file, args.gin_bindings, devices, chip)
+    plan = plan_from_gin(args.gin_file, args.gin_bindings, devices, chip, args.compile,
+                         not args.compile_unscanned, args.compile_timeout)
   except (gin_config.GinConfigError, ValueError) as e:
     print(f"xmtf plan: error: {e}")
     return 2
-  print(f"{', '.join(args.gin_file)} on {args.slice or ''} {devices} x {chip or 'devices'}")
+  where = f"{args.slice} = " if args.slice else ""
+  print(f"{', '.join(args.gin_file)} on {where}{devices} x {chip or 'devices'}")
   print(plan.table())
   return 0
