@@ -51,3 +51,15 @@ def test_demo_output_defaults_outside_the_source_tree(monkeypatch, tmp_path):
   monkeypatch.delenv("XDG_CACHE_HOME")
   monkeypatch.chdir(repo)
   assert not Path(demo.default_model_dir()).resolve().is_relative_to(repo)
+
+
+def test_ctrl_c_outside_training_is_one_line_and_exit_130(monkeypatch, capsys):
+  from xmtf_pipeline import params
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(params, "param_table", interrupted)
+  assert cli.main(["params", "--model", "mt5_tiny"]) == 130
+  err = capsys.readouterr().err
+  assert err.strip() == "xmtf params: interrupted (Ctrl-C); stopped.", err

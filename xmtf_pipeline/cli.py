@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="MODEL_DIR/checkpoint_N (ours or native T5X; MODEL_DIR = newest)")
   p.add_argument("--output_dir", required=True, help="the HF directory to write")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-  p.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an earlier export/import in output_dir (never another folder)")
   p.add_argument("--spm_model", default=None,
                  help="SentencePiece model (default: the run's, from MODEL_DIR/config.gin)")
   p.add_argument("--extra_ids", type=int, default=None,
@@ -112,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="HF directory (model.safetensors or pytorch_model.bin, single or sharded)")
   p.add_argument("--output_dir", required=True,
                  help="writes OUTPUT_DIR/checkpoint_<step> (T5X layout, for INITIAL_CHECKPOINT_PATH)")
-  p.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an earlier export/import in output_dir (never another folder)")
   p.add_argument("--model", default=None,
                  help="model gin (name or file) that config.json must match")
   p.add_argument("--gin_bindings", action="append", default=[], help="bindings for --model")
@@ -143,6 +145,17 @@ _NO_TENSORFLOW = {"bench", "params"}
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    return _dispatch(argv)
+  except KeyboardInterrupt:
+    # Training saves on its own first Ctrl-C; anywhere else (evaluation, export, data) there
+    # is nothing to save, and a traceback would only hide what happened.
+    command = argv[0] if argv else ""
+    print(f"xmtf {command}: interrupted (Ctrl-C); stopped.", file=sys.stderr)
+    return 130
+
+
+def _dispatch(argv: list[str]) -> int:
   if argv and argv[0] not in _NO_TENSORFLOW and not {"-h", "--help"} & set(argv):
     from xmtf_pipeline import tensorflow_import
     tensorflow_import.import_quietly()

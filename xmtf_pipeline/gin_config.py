@@ -243,10 +243,3 @@ def load_model_config(name_or_path: str, bindings: Sequence[str] = ()):
   gin.clear_config(clear_constants=False)
   # Gin hands back an instance of its wrapper subclass; normalise to the plain class.
   return network.T5Config(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
-
-
-def write_operative_config(model_dir: str) -> str:
-  path = os.path.join(model_dir, "config.gin")
-  with open(path, "w") as f:
-    f.write(gin.operative_config_str())
-  return path
