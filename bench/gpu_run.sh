@@ -31,7 +31,7 @@ step() {
   shift 2
   local avail=$(( $(left) - 5 - (CHECK_DONE ? 0 : CHECK_S) ))
   t=$(( want < avail ? want : avail ))
-  if [ "$t" -lt 10 ]; then
+  if [ "$t" -lt 20 ]; then  # a row needs a process start and a compile
     echo "[$name] skipped: $(left) s of the budget left" | tee -a "$OUT/skipped.txt"
     return
   fi

@@ -96,7 +96,8 @@ def test_no_arguments_on_a_cpu_means_cpu_sized_defaults(capsys):
   args = bench.build_parser().parse_args([])
   assert (args.model, args.inputs, args.targets, args.batch) == (None, None, None, None)
   bench._resolve_defaults(args, "cpu")
-  assert (args.model, args.inputs, args.targets, args.batch) == ("mt5_small", 128, 32, [4])
+  assert (args.model, args.inputs, args.targets, args.batch, args.steps) == (
+      "mt5_small", 128, 32, [4], 3)
   assert "CPU backend" in capsys.readouterr().out
   args = bench.build_parser().parse_args(["--model", "mt5_base"])
   bench._resolve_defaults(args, "gpu")

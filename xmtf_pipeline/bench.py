@@ -233,7 +233,9 @@ def bench_hf(name: str, batch: int, len_in: int, len_out: int, steps: int, compi
   peak = torch.cuda.max_memory_allocated() if dev == "cuda" else 0
   return {"engine": f"HF torch{' compile' if compile_model else ' eager'}", "batch": batch,
           "data": data, "step_s": elapsed / steps, "compile_s": compile_s, "loss": float(loss),
-          "peak_bytes": int(peak), "params": n_params}
+          "peak_bytes": int(peak), "params": n_params,
+          "real_tokens_per_row": float(((b["encoder_input_tokens"] > 0).sum()
+                                        + (b["decoder_target_tokens"] > 0).sum()) / batch)}
 
 
 def _finish(r: dict, flops: float, ceiling: float, len_in: int, len_out: int) -> dict:
@@ -248,16 +250,17 @@ def _finish(r: dict, flops: float, ceiling: float, len_in: int, len_out: int) ->
 
 
 def table(rows: list[dict]) -> str:
-  head = (f"{'engine':<34}{'data':>5}{'batch':>6}{'ex/s':>9}{'tok/s':>10}{'TFLOP/s':>9}"
-          f"{'MFU':>7}{'peak GiB':>10}{'compile s':>10}")
+  head = (f"{'engine':<34}{'data':>5}{'batch':>6}{'ex/s':>9}{'tok/s':>10}{'real tok/s':>11}"
+          f"{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}{'compile s':>10}")
   lines = [head]
   for r in rows:
     start = f"{r['engine'][:33]:<34}{r.get('data', 'full'):>5}{r['batch']:>6}"
     if "failed" in r:
       lines.append(f"{start}  FAILED: {r['failed']}")
       continue
-    lines.append(f"{start}{r['examples_per_s']:>9.1f}"
-                 f"{r['tokens_per_s']:>10.0f}{r['model_tflops']:>9.1f}{r['mfu']:>7.1%}"
+    lines.append(f"{start}{r['examples_per_s']:>9.1f}{r['tokens_per_s']:>10.0f}"
+                 f"{r.get('real_tokens_per_s', float('nan')):>11.0f}"
+                 f"{r['model_tflops']:>9.3g}{r['mfu']:>7.1%}"
                  f"{r['peak_bytes'] / 2**30:>10.1f}{r['compile_s']:>10.1f}")
   return "\n".join(lines)
 
@@ -357,8 +360,9 @@ def child(spec: dict, args) -> dict:
 # Without --model/--inputs/--targets/--batch: the issue's setting on an accelerator; on a
 # CPU, one that finishes in a minute or two (mt5-large at batch 32 would run for minutes
 # and exhaust host memory).
-ACCELERATOR_DEFAULTS = {"model": "mt5_large", "inputs": 1024, "targets": 256, "batch": [32]}
-CPU_DEFAULTS = {"model": "mt5_small", "inputs": 128, "targets": 32, "batch": [4]}
+ACCELERATOR_DEFAULTS = {"model": "mt5_large", "inputs": 1024, "targets": 256, "batch": [32],
+                        "steps": 10}
+CPU_DEFAULTS = {"model": "mt5_small", "inputs": 128, "targets": 32, "batch": [4], "steps": 3}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -369,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch", type=int, action="append", help="batch size (repeatable)")
   p.add_argument("--inputs", type=int, help="default: 1024 (CPU: 128)")
   p.add_argument("--targets", type=int, help="default: 256 (CPU: 32)")
-  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--steps", type=int, help="timed steps; default 10 (CPU: 3)")
   p.add_argument("--data", default="full", choices=sorted(DATA),
                  help="full: every position real; mt0: mT0's unpacked rows, mostly padding "
                       "(MT0_MEAN_FRACTION)")
@@ -468,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.ceiling and None not in (args.model, args.inputs, args.targets):
     got = {"ceiling_tflops": args.ceiling, "backend": "as given", "device": "not probed"}
     args.batch = args.batch or ACCELERATOR_DEFAULTS["batch"]
+    args.steps = args.steps or ACCELERATOR_DEFAULTS["steps"]
   else:
     got = run_child({"kind": "ceiling", "measure": not args.ceiling}, _with_sizes(args),
                     args.timeout)
@@ -475,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"xmtf bench train: the device probe failed: {got['failed']}", file=sys.stderr)
     return 1
   _resolve_defaults(args, got["backend"])
+  if args.profile:
+    args.steps = 1
   ceiling = result["ceiling_tflops"] = args.ceiling or got["ceiling_tflops"]
   flops = train_flops_per_example(model_config(args.model), args.inputs, args.targets)
   result.update(model=args.model, inputs=args.inputs, targets=args.targets,
@@ -518,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
 def _with_sizes(args):
   """Args for the ceiling probe, whose command line needs sizes before defaults exist."""
   probe = argparse.Namespace(**vars(args))
-  probe.model, probe.inputs, probe.targets = "mt5_tiny", 8, 8
+  probe.model, probe.inputs, probe.targets, probe.steps = "mt5_tiny", 8, 8, 1
   return probe
 
 
