@@ -107,3 +107,12 @@ def test_includes_resolve_whatever_folder_sits_on_sys_path(tmp_path, folder):
                        text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().endswith("512")
+
+
+def test_operative_statements_reads_wrapped_values_and_imports():
+  text = ("from __gin__ import dynamic_registration\nimport tasks.xp3\n\n# Macros:\n"
+          "# ====\nBATCH_SIZE = 8\nTASK_FEATURE_LENGTHS = \\\n    {'inputs': 1024,\n"
+          "     'targets': 256}\n")
+  got = gin_config.operative_statements(text)
+  assert got["BATCH_SIZE"] == "8" and got["import tasks.xp3"] == ""
+  assert got["TASK_FEATURE_LENGTHS"] == "{'inputs': 1024, 'targets': 256}"

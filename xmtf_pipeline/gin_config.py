@@ -243,3 +243,30 @@ def load_model_config(name_or_path: str, bindings: Sequence[str] = ()):
   gin.clear_config(clear_constants=False)
   # Gin hands back an instance of its wrapper subclass; normalise to the plain class.
   return network.T5Config(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+
+
+def operative_statements(text: str) -> dict[str, str]:
+  """Operative config text (``MODEL_DIR/config.gin``) -> {binding or import: value as written}.
+
+  Plain text, not gin: reading a run's settings must not need every configurable
+  module imported. A value spanning lines (gin wraps long dicts) is one statement.
+  """
+  out: dict[str, str] = {}
+  statement: list[str] = []
+  depth = 0
+  for line in text.splitlines():
+    stripped = line.split("#", 1)[0].rstrip() if not line.lstrip().startswith("#") else ""
+    if not statement and not stripped:
+      continue
+    statement.append(stripped.strip())
+    depth += sum(stripped.count(c) for c in "([{") - sum(stripped.count(c) for c in ")]}")
+    if depth > 0 or stripped.endswith("\\"):
+      continue
+    joined = " ".join(s.rstrip("\\").strip() for s in statement if s)
+    statement, depth = [], 0
+    if joined.startswith(("import ", "from ")):
+      out[joined] = ""
+    elif "=" in joined:
+      key, value = (s.strip() for s in joined.split("=", 1))
+      out[key] = value
+  return out

@@ -29,7 +29,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from xmtf_pipeline import hf_mapping, safetensors_io
+from xmtf_pipeline import gin_config, hf_mapping, safetensors_io
 from xmtf_pipeline import params as params_lib
 from xmtf_pipeline.hf_import import finish_output_dir, prepare_output_dir
 from xmtf_pipeline.network import T5Config
@@ -97,16 +97,11 @@ def parse_size(text: str | int) -> int:
 def parse_operative_config(text: str) -> dict[str, Any]:
   """``MODEL_DIR/config.gin`` (gin's operative config) -> {binding: value}, macros resolved.
 
-  A small reader instead of gin itself: gin would need every configurable
+  gin_config's text reader, not gin itself: gin would need every configurable
   module (the trainer, TensorFlow under seqio) imported just to read numbers.
   """
-  raw: dict[str, str] = {}
-  for line in re.sub(r"\\\n\s*", " ", text).splitlines():
-    line = line.strip()
-    if not line or line.startswith("#") or line.startswith(("from ", "import ")) or "=" not in line:
-      continue
-    key, value = (s.strip() for s in line.split("=", 1))
-    raw[key] = value
+  raw = {k: v for k, v in gin_config.operative_statements(text).items()
+         if not k.startswith(("import ", "from "))}
 
   def value_of(text: str, depth: int = 0) -> Any:
     if text.startswith("%") and depth < 20:

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from xmtf_pipeline import models
+from xmtf_pipeline import gin_config, models
 
 
 class RunLogger:
@@ -123,29 +123,6 @@ def config_files(model_dir: str) -> list[str]:
   return [os.path.join(model_dir, n) for n in first + [n for _, n in later]]
 
 
-def config_bindings(text: str) -> dict[str, str]:
-  """gin operative config text -> {binding or import: value as written}."""
-  out: dict[str, str] = {}
-  statement: list[str] = []
-  depth = 0
-  for line in text.splitlines():
-    stripped = line.split("#", 1)[0].rstrip() if not line.lstrip().startswith("#") else ""
-    if not statement and not stripped:
-      continue
-    statement.append(stripped.strip())
-    depth += sum(stripped.count(c) for c in "([{") - sum(stripped.count(c) for c in ")]}")
-    if depth > 0 or stripped.endswith("\\"):
-      continue
-    joined = " ".join(s.rstrip("\\").strip() for s in statement if s)
-    statement, depth = [], 0
-    if joined.startswith(("import ", "from ")):
-      out[joined] = ""
-    elif "=" in joined:
-      key, value = (s.strip() for s in joined.split("=", 1))
-      out[key] = value
-  return out
-
-
 def config_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
   lines = []
   for key in sorted(set(old) | set(new)):
@@ -173,7 +150,8 @@ def record_config(model_dir: str, text: str, step: int) -> str | None:
       f.write(text)
     return None
   with open(recorded[-1]) as f:
-    changes = config_changes(config_bindings(f.read()), config_bindings(text))
+    changes = config_changes(gin_config.operative_statements(f.read()),
+                             gin_config.operative_statements(text))
   if not changes:
     return None
   path, n = os.path.join(model_dir, f"config-{step}.gin"), 1
