@@ -25,6 +25,7 @@ import gin
 from tasks import languages, registry, span_corruption, vocab
 from tasks.preprocessors import check_vocabularies, rekey_text_as_targets
 from tasks.sources import JsonlSource, env_or
+from tasks.training_mixture import TrainingMixture
 
 TFDS_NAME = "c4/multilingual:3.0.1"
 ALPHA = 0.3
@@ -179,8 +180,6 @@ def register_mc4_mixture(name: str = "mc4", langs: Sequence[str] | None = None) 
   """Registers an α-sampled mixture over ``langs`` (default: all) and returns its name."""
   langs = languages.check_languages(langs if langs is not None else languages.MC4_LANGUAGES,
                                     "mC4", known=languages.MC4_LANGUAGES)
-  from tasks.mixtures import TrainingMixture
-
   return registry.add_mixture(name, [(task_name(lang), _DocumentsRate(lang)) for lang in langs],
                               mixture_cls=TrainingMixture).name
 

@@ -8,18 +8,23 @@ Rate schemes over languages (rates are relative; seqio normalises them):
   ``rate_num_examples(maximum=cap)``);
 * ``temperature``: n**alpha (mT5's language sampling, alpha = 0.3), after the optional cap.
 
-Registered here (by ``import tasks.xp3``): ``xp3`` and ``xp3mt`` (scheme from gin
+``import tasks.xp3`` registers, with these rates: ``xp3`` and ``xp3mt`` (scheme from gin
 ``tasks.mixtures.xp3_rates``), ``xp3_bloomz``, ``xp3_proportional``, ``xp3_temperature``, ``xp3_hf``
 (HF ``datasets`` backend) and ``xp3_sample`` (the bundled sample, proportional to its rows).
 Ablations: ``MIXTURE_OR_TASK_NAME = @tasks.mixtures.xp3_ablation()`` with its arguments bound in
 gin; it registers the mixture when gin evaluates it and returns its name.
+
+Dependencies point one way: tasks.xp3 imports this module and registers its dataset families
+here (``register_catalog``); this module never imports tasks.xp3, and imports tasks.mc4 only to
+add mC4 to an ablation. The held-out guard and TrainingMixture live in tasks.training_mixture.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -28,12 +33,14 @@ import tensorflow as tf
 import gin
 from tasks import languages as langs
 from tasks import registry
+from tasks.training_mixture import (  # noqa: F401  (re-exported: the guard's public names)
+  HeldOutDatasetError,
+  TrainingMixture,
+  check_no_held_out,
+  held_out_tasks,
+)
 
 SCHEMES = ("bloomz", "proportional", "temperature")
-
-
-class HeldOutDatasetError(ValueError):
-  """A training mixture that contains a held-out evaluation dataset."""
 
 
 @gin.configurable(module="tasks.mixtures")
@@ -61,7 +68,7 @@ def language_rate(lang: str, scheme: str = "bloomz", alpha: float = 0.3,
   return n ** alpha if scheme == "temperature" else n
 
 
-class _LanguageRate:
+class LanguageRate:
   """A lazily evaluated rate (seqio calls it when the mixture is read, after gin is parsed)."""
 
   def __init__(self, lang: str, scheme: str | None = None, share: float = 1.0):
@@ -80,43 +87,6 @@ def examples_rate(task: seqio.Task) -> float:
   return float(n)
 
 
-# ---------------------------------------------------------------------------- held-out guard
-
-
-def held_out_tasks(provider: seqio.Task | seqio.Mixture) -> list[tuple[str, str]]:
-  """(task, held-out dataset) pairs found among the leaf tasks of a task or mixture."""
-  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-  found = []
-  for task in tasks:
-    for name in (*getattr(task, "_xmtf_datasets", ()), task.name):
-      match = langs.held_out_match(name)
-      if match:
-        found.append((task.name, match))
-        break
-  return found
-
-
-def check_no_held_out(provider) -> None:
-  """Raises HeldOutDatasetError if a task/mixture (or its name) would train on an eval set."""
-  if isinstance(provider, str):
-    provider = seqio.get_mixture_or_task(provider)
-  found = held_out_tasks(provider)
-  if found:
-    listing = ", ".join(f"{t} ({d})" for t, d in found)
-    raise HeldOutDatasetError(
-        f"Mixture {provider.name!r} would train on held-out evaluation data: {listing}. mT0 never "
-        "trains on XNLI, XCOPA, XStoryCloze, XWinograd, ANLI, CB, RTE, COPA, StoryCloze, "
-        "Winogrande or HumanEval (docs/mt0-reference.md §6.4); remove these tasks or rates.")
-
-
-class TrainingMixture(seqio.Mixture):
-  """A seqio.Mixture that refuses, at construction, to contain a held-out evaluation dataset."""
-
-  def __init__(self, name, tasks, default_rate=None, **kwargs):
-    super().__init__(name, tasks, default_rate=default_rate, **kwargs)
-    check_no_held_out(self)
-
-
 def _validate_rates(rates: Mapping[str, float], where: str, allow_all_zero: bool = False) -> None:
   for key, rate in rates.items():
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or math.isnan(rate) or rate < 0:
@@ -127,33 +97,30 @@ def _validate_rates(rates: Mapping[str, float], where: str, allow_all_zero: bool
     raise ValueError(f"{where}: all rates are zero (or none are given); at least one must be > 0.")
 
 
-# ---------------------------------------------------------------------------- standard mixtures
-
-
-def _language_mixture(name: str, fam: str, scheme: str | None, backend: str = "jsonl"):
-  from tasks import xp3
-
-  f = xp3.family(fam)
-  return registry.add_mixture(
-      name, [(xp3.task_name(fam, lang, backend), _LanguageRate(lang, scheme))
-             for lang in f.languages], mixture_cls=TrainingMixture)
-
-
-def register_standard_mixtures() -> None:
-  """Registers the mixtures named in the module docstring (no I/O)."""
-  from tasks import xp3
-
-  _language_mixture("xp3", "xp3", None)
-  _language_mixture("xp3mt", "xp3mt", None)
-  _language_mixture("xp3_hf", "xp3", None, backend="hf")
-  for scheme in SCHEMES:
-    _language_mixture(f"xp3_{scheme}", "xp3", scheme)
-  registry.add_mixture(
-      "xp3_sample", [(f"xp3_sample_{lang}", examples_rate) for lang in xp3.SAMPLE_LANGUAGES],
-      mixture_cls=TrainingMixture)
-
-
 # ---------------------------------------------------------------------------- ablation builder
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskCatalog:
+  """What the ablation builder needs from the module that owns xP3's tasks (tasks.xp3)."""
+  family: Callable  # name -> family (``.languages``, ``.title``); raises on an unknown name
+  task_name: Callable  # (family, lang, backend) -> task name
+  register_prompt_tasks: Callable  # (lang, family, extra_dataset_clusters) -> per-file tasks
+
+
+_catalog: list[TaskCatalog] = []
+
+
+def register_catalog(catalog: TaskCatalog) -> None:
+  """Called by tasks.xp3 on import (re-imports replace the earlier catalog)."""
+  _catalog[:] = [catalog]
+
+
+def _xp3_catalog() -> TaskCatalog:
+  if not _catalog:
+    raise ValueError("tasks.mixtures.xp3_ablation needs the xP3 tasks: add `import tasks.xp3` to "
+                     "the gin file (or import it in Python) before using the ablation builder.")
+  return _catalog[0]
 
 
 @gin.configurable(module="tasks.mixtures")
@@ -181,8 +148,7 @@ def xp3_ablation(name: str = "xp3_ablation", family: str = "xp3",
     backend: "jsonl" or "hf" (language tasks only).
     extra_dataset_clusters: cluster of datasets missing from the xP3 card table.
   """
-  from tasks import xp3
-
+  xp3 = _xp3_catalog()
   fam = xp3.family(family)
   where = f"tasks.mixtures.xp3_ablation(name={name!r})"
   chosen = langs.check_languages(languages if languages is not None else fam.languages,

@@ -26,7 +26,7 @@ from pathlib import Path
 import tensorflow as tf
 
 import gin
-from tasks import languages, registry, vocab
+from tasks import languages, mixtures, registry, vocab
 from tasks.preprocessors import exact_match, finetune_preprocessors, strip_postprocessor
 from tasks.sources import HFDatasetsSource, Holdout, JsonlSource, env_or, load_json_with_datasets
 
@@ -267,9 +267,26 @@ def register_all() -> None:
       _register_language(fam, lang)
   for lang in SAMPLE_LANGUAGES:
     _register_sample(lang)
-  from tasks import mixtures  # here, not on top: mixtures needs the tasks registered above
+  register_standard_mixtures()
+  mixtures.register_catalog(mixtures.TaskCatalog(family, task_name, register_prompt_tasks))
 
-  mixtures.register_standard_mixtures()
+
+def _language_mixture(name: str, fam: str, scheme: str | None, backend: str = "jsonl"):
+  return registry.add_mixture(
+      name, [(task_name(fam, lang, backend), mixtures.LanguageRate(lang, scheme))
+             for lang in family(fam).languages], mixture_cls=mixtures.TrainingMixture)
+
+
+def register_standard_mixtures() -> None:
+  """Registers the xP3 mixtures (rates from tasks.mixtures; no I/O)."""
+  _language_mixture("xp3", "xp3", None)
+  _language_mixture("xp3mt", "xp3mt", None)
+  _language_mixture("xp3_hf", "xp3", None, backend="hf")
+  for scheme in mixtures.SCHEMES:
+    _language_mixture(f"xp3_{scheme}", "xp3", scheme)
+  registry.add_mixture(
+      "xp3_sample", [(f"xp3_sample_{lang}", mixtures.examples_rate) for lang in SAMPLE_LANGUAGES],
+      mixture_cls=mixtures.TrainingMixture)
 
 
 register_all()
