@@ -1,7 +1,8 @@
 """mT0's held-out zero-shot suite: datasets, promptsource prompts, rows, and SeqIO tasks.
 
 The suite (reference doc §8.2): XNLI, XCOPA, XStoryCloze, XWinograd (test split), ANLI r1-r3,
-SuperGLUE CB / RTE / COPA, StoryCloze 2016 and Winogrande XL, each with five English prompts from
+SuperGLUE CB / RTE / COPA, StoryCloze 2016 and Winogrande XL, each with the five English prompts
+of mT0's published evaluation (``PROMPT_SOURCES``: BigScience's evaluate_mt0.slurm), rendered from
 promptsource (``tasks/data/heldout/promptsource``, Apache-2.0), every language prompted in English.
 
 Rows come through HF ``datasets``: from a local ``data_dir`` when given (see ``find_local``: jsonl /
@@ -37,6 +38,20 @@ BUNDLED_DIR = DATA_ROOT
 TEMPLATES_DIR = DATA_ROOT / "promptsource"
 TEXT_VAR_LENGTH = 2048  # promptsource truncates every substituted variable to this many chars
 
+# The prompt lists are those of mT0's published evaluation, by name: the English-prompt rows of
+# EVALUATE_MT0 (arrays DATASETS_AND_CONFIGS_L1 and _L2; per dataset see PROMPT_SOURCES). The five
+# names per dataset were drawn by tr13/tzeroeval/get_templates.py (random.sample, k=5, seed 42) from
+# all of a dataset's templates, with no ``original_task`` filter. Their per-prompt results are HF
+# ``bigscience/evaluation-results`` (``mt0-large/bloomzeval/transformers/``); the model card's
+# number is the max over them (for the multilingual sets also over the machine-translated
+# variants): xmtf plotstables/figure_notebooks/allres.ipynb gets every card value for Winogrande,
+# ANLI, CB, RTE, COPA and StoryCloze back as the max over these five. So two prompts are
+# promptsource ``original_task: false`` on purpose: "True or False" (Winogrande, XWinograd) and
+# "Generate Ending" (StoryCloze, XStoryCloze). T0's own held-out evaluation (t-zero
+# t0/seqio_tasks/tasks.py) keeps only original_task prompts, which would mean "fill in the blank"
+# and "Movie What Happens Next" instead; the card's numbers did not, so neither do we.
+EVALUATE_MT0 = ("bigscience-workshop/bigscience@d51b9bfc98a251725fe73255041b0bca165d2d53:"
+                "evaluation/results/tr13/tzeroeval/evaluate_mt0.slurm")
 NLI_PROMPTS = ("GPT-3 style", "MNLI crowdsource", "can we infer", "guaranteed/possible/impossible",
                "justified in saying")
 RTE_PROMPTS = ("MNLI crowdsource", "GPT-3 style", "does it follow that", "should assume",
@@ -125,6 +140,23 @@ DATASETS: dict[str, HeldOutDataset] = {d.name: d for d in (
                    tuple(sorted(_XSTORY_L1 + _XSTORY_L2)), _XSTORY_L2, "validation",
                    "story_cloze/2016", STORY_PROMPTS, "Muennighoff/xstory_cloze", manual=True),
 )}
+# Where each dataset's prompt list comes from (see the note above NLI_PROMPTS): EVALUATE_MT0's
+# rows for it (``dataset,config,template_config,"prompt",split``) and its results folder.
+_RESULTS = "; results: HF bigscience/evaluation-results mt0-large/bloomzeval/transformers/*/"
+PROMPT_SOURCES: dict[str, str] = {
+    "xnli": f"{EVALUATE_MT0} rows 'xnli,<lang>,en,...' (L1 9 langs, L2 6){_RESULTS}xnli",
+    "anli": f"{EVALUATE_MT0} rows 'anli,dev_r1|dev_r2|dev_r3,None,...'{_RESULTS}anli",
+    "cb": f"{EVALUATE_MT0} rows 'super_glue,cb,None,...'{_RESULTS}super_glue",
+    "rte": f"{EVALUATE_MT0} rows 'super_glue,rte,None,...'{_RESULTS}super_glue",
+    "copa": f"{EVALUATE_MT0} rows 'super_glue,copa,None,...'{_RESULTS}super_glue",
+    "xcopa": f"{EVALUATE_MT0} rows 'xcopa,<lang>,en,...' (L1 5 langs, L2 6){_RESULTS}xcopa",
+    "story_cloze": f"{EVALUATE_MT0} rows 'story_cloze,2016,None,...'{_RESULTS}story_cloze",
+    "xstory_cloze": f"{EVALUATE_MT0} rows 'Muennighoff/xstory_cloze,<lang>,en,...' (L1 8 langs, "
+                    f"L2 2){_RESULTS}Muennighoff_xstory_cloze",
+    "winogrande": f"{EVALUATE_MT0} rows 'winogrande,winogrande_xl,None,...'{_RESULTS}winogrande",
+    "xwinograd": f"{EVALUATE_MT0} rows 'Muennighoff/xwinograd,<lang>,en,...' (L1 4 langs, L2 2)"
+                 f"{_RESULTS}Muennighoff_xwinograd",
+}
 BUNDLED = ("copa", "cb", "rte", "winogrande")  # real rows shipped in tasks/data/heldout
 
 # The model card's mt0-large accuracies (max over prompts; reference doc §8.4).
