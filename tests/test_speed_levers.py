@@ -16,6 +16,7 @@ import pytest
 
 import tasks.synthetic  # noqa: F401  (registers synthetic_copy)
 from xmtf_pipeline import (
+    checkpoint_formats,
     checkpoints,
     decoding,
     evaluation,
@@ -308,7 +309,7 @@ def test_scanned_run_saves_per_layer_checkpoints_and_resumes_unscanned(tmp_path)
   scanned_dir, plain_dir = tmp_path / "mixed", tmp_path / "plain"
   tmp_path = scanned_dir
   run(True, 2)
-  meta = checkpoints._manager(str(tmp_path), create=False).item_metadata(2)["state"]
+  meta = checkpoints.manager(str(tmp_path), create=False).item_metadata(2)["state"]
   tree = getattr(meta, "tree", meta)
   names = params.flatten(dict(tree["target"]))
   assert "encoder/layers_2/mlp/wo/kernel" in names and "encoder/layers/mlp/wo/kernel" not in names
@@ -350,7 +351,7 @@ def test_initial_checkpoint_of_another_adafactor_layout_is_named(tmp_path):
   with pytest.raises(checkpoints.CheckpointError,
                      match=r"state/param_states/decoder/layers_0/\S+/kernel/v_row has shape "
                            r"\(32,\) but the optimizer expects \(1,\); .*another Adafactor"):
-    checkpoints.restore_initial(str(tmp_path / "checkpoint_3"), TINY, target)
+    checkpoint_formats.restore_initial(str(tmp_path / "checkpoint_3"), TINY, target)
   got = evaluation.load_params(str(tmp_path / "checkpoint_3"), TINY)
   _assert_trees_close(got, p, 0.0)
 

@@ -20,7 +20,7 @@ from interop_testlib import (
 )
 from safetensors.numpy import load_file
 
-from xmtf_pipeline import checkpoints, cli, hf_mapping, params, t5x_import
+from xmtf_pipeline import checkpoint_formats, cli, hf_mapping, params, t5x_import
 from xmtf_pipeline.params import ParamMismatchError
 
 STEP = 1_000_000
@@ -134,7 +134,7 @@ def test_restores_params_adafactor_state_and_step(tmp_path, layout):
   path = {"legacy-file": os.path.join(ckpt, "checkpoint"),
           "legacy-model-dir": os.path.dirname(ckpt)}.get(layout, ckpt)
   target = train_target(TINY)
-  restored = checkpoints.restore_initial(path, TINY, target)
+  restored = checkpoint_formats.restore_initial(path, TINY, target)
   assert int(restored["state"]["step"]) == STEP
   got = jax.tree_util.tree_map(np.asarray, restored)
   got["state"]["step"] = np.asarray(got["state"]["step"])
@@ -172,7 +172,7 @@ def test_missing_array_folder_is_named(tmp_path):
   with pytest.raises(t5x_import.T5XCheckpointError,
                      match="array target/encoder/layers_1/mlp/wo/kernel cannot be opened.*"
                            "incomplete or damaged"):
-    checkpoints.restore_initial(ckpt, TINY, train_target(TINY))
+    checkpoint_formats.restore_initial(ckpt, TINY, train_target(TINY))
 
 
 def test_missing_optimizer_arrays_are_listed(tmp_path):
@@ -183,19 +183,19 @@ def test_missing_optimizer_arrays_are_listed(tmp_path):
   with pytest.raises(t5x_import.T5XCheckpointError,
                      match=r"is missing 4 of the \d+ arrays of a train state: "
                            r"state/param_states/decoder/layers_1/mlp/wi_1/kernel/m"):
-    checkpoints.restore_initial(ckpt, TINY, train_target(TINY))
+    checkpoint_formats.restore_initial(ckpt, TINY, train_target(TINY))
 
 
 def test_missing_or_mismatched_parameters(tmp_path):
   ckpt = str(tmp_path / "a" / f"checkpoint_{STEP}")
   write_legacy(ckpt, _t5x_state(), drop_arrays=["target/decoder/decoder_norm/scale"])
   with pytest.raises(ParamMismatchError, match="missing parameter decoder/decoder_norm/scale"):
-    checkpoints.restore_initial(ckpt, TINY, train_target(TINY))
+    checkpoint_formats.restore_initial(ckpt, TINY, train_target(TINY))
   write_legacy(str(tmp_path / "b" / f"checkpoint_{STEP}"), _t5x_state())
   wide = TINY.replace(mlp_dim=256)
   with pytest.raises(ParamMismatchError, match="has shape .* but the model config expects .*"
                                                "another model size"):
-    checkpoints.restore_initial(str(tmp_path / "b"), wide, train_target(wide))  # a MODEL_DIR
+    checkpoint_formats.restore_initial(str(tmp_path / "b"), wide, train_target(wide))  # a MODEL_DIR
 
 
 def test_tensorflow_checkpoint_is_named(tmp_path):
@@ -203,7 +203,7 @@ def test_tensorflow_checkpoint_is_named(tmp_path):
   ckpt.mkdir()
   (ckpt / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-1000000"\n')
   with pytest.raises(t5x_import.T5XCheckpointError, match="TensorFlow \\(Mesh TensorFlow\\)"):
-    checkpoints.restore_initial(str(ckpt), TINY, train_target(TINY))
+    checkpoint_formats.restore_initial(str(ckpt), TINY, train_target(TINY))
 
 
 def test_gcs_needs_credentials(tmp_path, monkeypatch):
@@ -214,7 +214,7 @@ def test_gcs_needs_credentials(tmp_path, monkeypatch):
   path = "gs://t5-data/pretrained_models/t5x/mt5_base/checkpoint_1000000"
   with pytest.raises(t5x_import.T5XCheckpointError,
                      match="needs Google Cloud credentials.*gcloud auth application-default login"):
-    checkpoints.restore_initial(path, TINY, train_target(TINY))
+    checkpoint_formats.restore_initial(path, TINY, train_target(TINY))
   key = tmp_path / "key.json"
   key.write_text("{}")
   monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
@@ -233,13 +233,13 @@ sys.path.insert(0, {tests!r})
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from interop_testlib import TINY, train_target
-from xmtf_pipeline import checkpoints
+from xmtf_pipeline import checkpoint_formats
 mesh = Mesh(np.array(jax.devices()), ("model",))
 def shard(x):
   split = x.ndim >= 1 and x.shape[0] % 2 == 0
   return jax.device_put(x, NamedSharding(mesh, P("model") if split else P()))
 target = jax.tree_util.tree_map(shard, train_target(TINY))
-restored = checkpoints.restore_initial({ckpt!r}, TINY, target)
+restored = checkpoint_formats.restore_initial({ckpt!r}, TINY, target)
 for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(target)):
   assert a.sharding == b.sharding, (a.sharding, b.sharding)
 emb = restored["target"]["token_embedder"]["embedding"]

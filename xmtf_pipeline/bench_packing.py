@@ -278,7 +278,7 @@ def measure_train_steps(model_name: str, rows: Mapping[str, Mapping[str, np.ndar
 
   from xmtf_pipeline import models, schedules, trainer
   from xmtf_pipeline.adafactor import Adafactor
-  from xmtf_pipeline.bench import model_config
+  from xmtf_pipeline.bench_workload import model_config
   from xmtf_pipeline.partitioning import Partitioner
 
   cfg = model_config(model_name, dtype=dtype)
@@ -446,7 +446,7 @@ def main_packing(argv: Sequence[str]) -> int:
   p.add_argument("--json", help="write the results here as JSON")
   args = p.parse_args(argv)
   quiet_tf()
-  from xmtf_pipeline.bench import SIZES
+  from xmtf_pipeline.bench_workload import SIZES
   if args.model is not None and args.model not in SIZES:
     print(f"xmtf bench packing: error: --model {args.model!r}: one of {', '.join(sorted(SIZES))}",
           file=sys.stderr)
@@ -457,7 +457,7 @@ def main_packing(argv: Sequence[str]) -> int:
   except BenchInputError as e:
     print(f"xmtf bench packing: error: {e}", file=sys.stderr)
     return 2
-  from xmtf_pipeline.bench import model_config, train_flops_per_example
+  from xmtf_pipeline.bench_workload import model_config, train_flops_per_example
 
   eos = vocabulary.eos_id
   report = packing_report(examples, lengths, eos)

@@ -15,11 +15,7 @@ import os
 import re
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
-
-from xmtf_pipeline import params as params_lib
-from xmtf_pipeline.network import T5Config
 
 log = logging.getLogger(__name__)
 STEP_PREFIX = "checkpoint"
@@ -43,7 +39,7 @@ class CheckpointConfig:
       raise ValueError(f"CheckpointConfig.keep must be positive or None, got {self.keep}.")
 
 
-def _manager(directory: str, keep: int | None = None, create: bool = True) -> ocp.CheckpointManager:
+def manager(directory: str, keep: int | None = None, create: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix=STEP_PREFIX,
                                          enable_async_checkpointing=False, create=create)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
@@ -56,7 +52,7 @@ class Checkpointer:
 
   def __init__(self, model_dir: str, keep: int | None = None):
     self.model_dir = model_dir
-    self._manager = _manager(model_dir, keep)
+    self._manager = manager(model_dir, keep)
 
   def save(self, step: int, state_dict: Any, data_state: dict[str, Any]) -> None:
     self._manager.save(step, args=ocp.args.Composite(
@@ -99,7 +95,7 @@ class Checkpointer:
           return step, restored["state"], dict(restored["dataset"])
         except Exception as e:  # metadata fine, arrays damaged
           error = e
-      reason = f"{type(error).__name__}: {_first_line(error)}"
+      reason = f"{type(error).__name__}: {first_line(error)}"
       if set_aside is not None:
         raise CheckpointError(
             f"{name} in {self.model_dir} cannot be read either ({reason}); this start already "
@@ -127,7 +123,6 @@ class Checkpointer:
     self._manager.close()
 
 
-_ARRAY_IN_ERROR = re.compile(r'(?:Error reading|Error opening|reading) "([^"/]+)(?:/[^"]*)?"')
 _STEP_DIR = re.compile(re.escape(STEP_PREFIX) + r"_(\d+)")
 
 
@@ -146,42 +141,7 @@ def previous_checkpoint(path: str) -> str | None:
   return os.path.join(parent, f"{STEP_PREFIX}_{max(steps)}") if steps else None
 
 
-def damaged(path: str, error: BaseException, array: str | None = None) -> CheckpointError:
-  """One line for a checkpoint whose arrays cannot be read: which array, and what to use instead.
-
-  ``array`` when known; else taken from TensorStore's message, else found by
-  reading the arrays one by one until one fails.
-  """
-  path = os.path.abspath(path)
-  if array is None:
-    m = _ARRAY_IN_ERROR.search(str(error))
-    array = m[1].replace(".", "/") if m else _first_unreadable_array(path)
-  what = f"array {array} cannot be read" if array else "its arrays cannot be read"
-  reason = _first_line(error)
-  reason = reason if len(reason) <= 160 else reason[:157] + "..."
-  previous = previous_checkpoint(path)
-  advice = (f"use the previous checkpoint {previous}" if previous else
-            "no earlier checkpoint is beside it; restore it from a copy")
-  return CheckpointError(f"Checkpoint {path} is damaged or incomplete: {what} ({reason}); "
-                         f"{advice}.")
-
-
-def _first_unreadable_array(path: str) -> str | None:
-  from xmtf_pipeline import t5x_import
-  try:
-    reader = t5x_import.open_checkpoint(path)
-  except Exception as e:
-    m = re.search(r"array (\S+) cannot be opened", str(e))
-    return m[1] if m else None
-  for name in reader.entries:
-    try:
-      reader.read(name)
-    except Exception:
-      return name
-  return None
-
-
-def _first_line(e: BaseException | None) -> str:
+def first_line(e: BaseException | None) -> str:
   text = str(e) if e is not None else ""
   return text.splitlines()[0][:300] if text else ""
 
@@ -223,91 +183,3 @@ def first_mismatch(saved: dict[str, tuple[int, ...]], want: dict[str, tuple[int,
       return (f"{name} has shape {tuple(saved[name])} in the checkpoint but the configured {what} "
               f"expects {tuple(want[name])}")
   return None
-
-
-def _checkpoint_step_dir(path: str) -> tuple[str, int]:
-  """Accepts MODEL_DIR (newest checkpoint) or MODEL_DIR/checkpoint_N."""
-  path = os.path.abspath(path)
-  if not os.path.exists(path):
-    raise CheckpointError(f"INITIAL_CHECKPOINT_PATH {path} does not exist.")
-  base = os.path.basename(path)
-  if base.startswith(STEP_PREFIX + "_") and base[len(STEP_PREFIX) + 1:].isdigit():
-    return os.path.dirname(path), int(base[len(STEP_PREFIX) + 1:])
-  mngr = _manager(path, create=False)
-  latest = mngr.latest_step()
-  if latest is None:
-    raise CheckpointError(
-        f"INITIAL_CHECKPOINT_PATH {path} holds no checkpoint_<step> folder; point it at a "
-        "checkpoint directory such as MODEL_DIR/checkpoint_1000.")
-  return path, latest
-
-
-def restore_initial(path: str, config: T5Config, target: Any, params_only: bool = False) -> Any:
-  """The full train state (params, Adafactor state, step) of INITIAL_CHECKPOINT_PATH.
-
-  Accepts, besides our own checkpoints: a Hugging Face MT5 directory
-  (safetensors or pytorch_model.bin, single or sharded; Adafactor then starts
-  from zero accumulators at step 0, since HF weights carry no optimizer state),
-  and native T5X checkpoints, legacy msgpack + TensorStore or orbax, local or
-  gs:// (their params, Adafactor state and step, as T5X's own restore).
-  The parameter tree is checked against the model config first, so a checkpoint
-  of another size fails naming the first mismatching parameter and both shapes.
-  ``params_only`` (evaluation): our checkpoints' optimizer state is restored as
-  saved, whatever Adafactor configuration wrote it.
-  """
-  from xmtf_pipeline import hf_import, t5x_import  # lazy: only INITIAL_CHECKPOINT_PATH needs them
-
-  if hf_import.is_hf_dir(path):
-    return hf_import.restore_state(path, config, target)
-  if path.startswith("gs://"):
-    return t5x_import.restore_state(path, config, target)
-  try:
-    _, location = t5x_import.detect_layout(path)
-  except CheckpointError:
-    location = None  # not a checkpoint at all: the message below says what is expected
-  if location is not None and not t5x_import.is_own_orbax_checkpoint(location.path):
-    return t5x_import.restore_state(location.path, config, target)
-  directory, step = _checkpoint_step_dir(path)
-  mngr = _manager(directory, create=False)
-  try:
-    meta = mngr.item_metadata(step)["state"]
-  except Exception as e:
-    previous = previous_checkpoint(os.path.join(directory, f"{STEP_PREFIX}_{step}"))
-    raise CheckpointError(
-        f"{directory}/{STEP_PREFIX}_{step} is not a readable checkpoint ({type(e).__name__}: "
-        f"{_first_line(e)})" + (f"; use the previous checkpoint {previous}." if previous
-                                else ".")) from None
-  tree = getattr(meta, "tree", meta)
-  if not isinstance(tree, dict) or "target" not in tree:
-    raise CheckpointError(f"{directory}/{STEP_PREFIX}_{step} has no 'target' parameters.")
-  shapes = jax.tree_util.tree_map(lambda m: _Shaped(tuple(m.shape)), dict(tree["target"]))
-  params_lib.check_params(shapes, config, source=f"INITIAL_CHECKPOINT_PATH {path}")
-  saved_state = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
-                                       dict(tree["state"]), is_leaf=lambda m: hasattr(m, "shape"))
-  if params_only:
-    target = {"target": target["target"], "state": saved_state}
-  else:
-    _check_optimizer_state(saved_state, target["state"], f"{directory}/{STEP_PREFIX}_{step}")
-  try:
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))
-  except Exception as e:  # the metadata read, an array did not: truncated or damaged files
-    raise damaged(os.path.join(directory, f"{STEP_PREFIX}_{step}"), e) from None
-  return restored["state"]
-
-
-def _check_optimizer_state(saved: Any, want: Any, source: str) -> None:
-  saved, want = params_lib.flatten(saved), params_lib.flatten(want)
-  for name, like in want.items():
-    got = saved.get(name)
-    if got is None or tuple(got.shape) != tuple(like.shape):
-      raise CheckpointError(
-          f"INITIAL_CHECKPOINT_PATH {source}: state/{name} has shape "
-          f"{None if got is None else tuple(got.shape)} but the optimizer expects "
-          f"{tuple(like.shape)}; the checkpoint was written with another Adafactor "
-          "configuration (factored, min_dim_size_to_factor, beta1): use the same one.")
-
-
-@dataclasses.dataclass
-class _Shaped:
-  shape: tuple[int, ...]

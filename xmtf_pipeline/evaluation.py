@@ -68,7 +68,7 @@ def load_params(checkpoint_path: str, config: T5Config) -> Any:
   """Parameters of a checkpoint, checked against ``config`` before any data is read.
 
   Accepts an HF MT5 folder, our ``MODEL_DIR`` (newest) or ``MODEL_DIR/checkpoint_N``,
-  and native T5X checkpoints (through checkpoints.restore_initial). A checkpoint of
+  and native T5X checkpoints (through checkpoint_formats.restore_initial). A checkpoint of
   another size or vocabulary fails naming the first mismatching parameter. Files hold
   per-layer parameters; a scanned ``config`` gets them stacked.
   """
@@ -80,7 +80,7 @@ def load_params(checkpoint_path: str, config: T5Config) -> Any:
 
 
 def _load_per_layer_params(checkpoint_path: str, config: T5Config) -> Any:
-  from xmtf_pipeline import checkpoints, hf_import
+  from xmtf_pipeline import checkpoint_formats, hf_import
   from xmtf_pipeline.adafactor import Adafactor
   from xmtf_pipeline.trainer import TrainState
 
@@ -92,7 +92,7 @@ def _load_per_layer_params(checkpoint_path: str, config: T5Config) -> Any:
   abstract = jax.eval_shape(lambda: TrainState.create(
       params_lib.init_params(config, jax.random.PRNGKey(0)), Adafactor()).state_dict())
   try:
-    state = checkpoints.restore_initial(checkpoint_path, config, abstract, params_only=True)
+    state = checkpoint_formats.restore_initial(checkpoint_path, config, abstract, params_only=True)
   except params_lib.ParamMismatchError as e:  # restore_initial names the training flag
     raise params_lib.ParamMismatchError(
         str(e).replace("INITIAL_CHECKPOINT_PATH", "CHECKPOINT_PATH")) from None
@@ -224,21 +224,19 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
 
 
 def main(argv: list[str] | None = None, prog: str = "xmtf eval",
-         entry: Callable | None = None) -> int:
+         entry: Callable | None = None, description: str = "") -> int:
   """T5X-style flags (as ``xmtf train``): --gin_file, --gin_bindings, --gin.NAME=VALUE."""
   from tasks.heldout import HeldOutError
-  from xmtf_pipeline import checkpoints, gin_config, hf_import
-  from xmtf_pipeline import train as train_lib
+  from xmtf_pipeline import checkpoints, flags, gin_config, hf_import
 
   argv = list(sys.argv[1:] if argv is None else argv)
   errors = (gin_config.GinConfigError, EvalError, HeldOutError, RankClassificationError,
             checkpoints.CheckpointError, hf_import.HFImportError, params_lib.ParamMismatchError,
             FileNotFoundError, ValueError)
   try:
-    args = train_lib.build_arg_parser(prog).parse_args(gin_config.rewrite_gin_args(argv))
-    train_lib._configure_data_flags(args)
-    search = [p for arg in args.gin_search_paths for p in arg.split(",") if p]
-    gin_config.parse(args.gin_file, args.gin_bindings, search, finalize=False)
+    args = flags.build_arg_parser(prog, description).parse_args(gin_config.rewrite_gin_args(argv))
+    flags.configure_data(args)
+    gin_config.parse(args.gin_file, args.gin_bindings, flags.search_paths(args), finalize=False)
     gin_config.check_macros()
     run = gin_config.get_configurable(entry or evaluate)
     run()

@@ -257,8 +257,8 @@ def write_weights(reader: CheckpointReader, out: str, dtype: np.dtype, max_shard
       try:
         value = reader.read(name)
       except Exception as e:  # TensorStore: a truncated or damaged array file
-        from xmtf_pipeline import checkpoints
-        raise checkpoints.damaged(reader.path, e, name) from None
+        from xmtf_pipeline import checkpoint_formats
+        raise checkpoint_formats.damaged(reader.path, e, name) from None
       return safetensors_io.iter_row_blocks(value, dtype, transpose)
 
     plans.append(safetensors_io.TensorPlan(key, dtype, shape[::-1] if transpose else shape,
@@ -400,8 +400,8 @@ def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwri
     array = re.search(r"array (\S+) cannot be opened", str(e))
     if not array:
       raise
-    from xmtf_pipeline import checkpoints
-    raise checkpoints.damaged(checkpoint_dir, e.__cause__ or e, array[1]) from None
+    from xmtf_pipeline import checkpoint_formats
+    raise checkpoint_formats.damaged(checkpoint_dir, e.__cause__ or e, array[1]) from None
   ckpt = reader.path
   model_dir = os.path.dirname(ckpt)
   run: dict[str, Any] = {}

@@ -7,7 +7,6 @@ the multi-process flags. Run configs live in ``gin/runs/``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import signal
@@ -21,8 +20,10 @@ import numpy as np
 
 import gin
 from xmtf_pipeline import (
+  checkpoint_formats,
   checkpoints,
   distributed,
+  flags,
   gin_config,
   input_pipeline,
   layer_stacking,
@@ -35,6 +36,16 @@ from xmtf_pipeline import (
 from xmtf_pipeline.adafactor import Adafactor
 from xmtf_pipeline.partitioning import Partitioner
 from xmtf_pipeline.run_logging import RunLogger
+
+DESCRIPTION = """Train or finetune an mT5/mT0 model with gin configs (T5X's flags and gin names).
+
+Example (mT0-style finetuning from an mT5 checkpoint; recipes in gin/mt0/):
+  xmtf train --gin_file=models/mt5_large.gin --gin_file=runs/finetune.gin \\
+    --gin.MODEL_DIR=\\"/runs/mt0\\" --gin.MIXTURE_OR_TASK_NAME=\\"xp3\\" \\
+    --gin.MIXTURE_OR_TASK_MODULE=\\"tasks.xp3\\" --gin.TRAIN_STEPS=1_025_000 \\
+    --gin.INITIAL_CHECKPOINT_PATH=\\"/ckpts/mt5_large/checkpoint_1000000\\"
+
+Checkpoints, config.gin and TensorBoard events go to MODEL_DIR; a restart resumes there."""
 
 
 class TrainError(RuntimeError):
@@ -278,7 +289,7 @@ def _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed, train_
   data_state = {"batches": 0, "random_seed": seed,
                 "data_seed": int(train_cfg.seed) if train_cfg.seed is not None else seed}
   if checkpoint_cfg.restore_path:
-    state_dict = checkpoints.restore_initial(checkpoint_cfg.restore_path, disk.config,
+    state_dict = checkpoint_formats.restore_initial(checkpoint_cfg.restore_path, disk.config,
                                              disk.target(state.state_dict()))
     state = trainer.TrainState.from_state_dict(disk.to_run(state_dict))
     print(f"Initialized from {checkpoint_cfg.restore_path} at step {int(state.step)}.", flush=True)
@@ -333,37 +344,6 @@ def run_train_eval(eval_fn, params_tree, cfg: input_pipeline.DatasetConfig, eval
   return metrics
 
 
-def build_arg_parser(prog: str = "xmtf train") -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog=prog, description="Train or finetune with gin configs (T5X flags).")
-  p.add_argument("--gin_file", action="append", default=[],
-                 help="gin file (repeatable; later files override earlier)")
-  p.add_argument("--gin_bindings", action="append", default=[],
-                 help="gin binding applied after the files (repeatable); --gin.NAME=VALUE works too")
-  p.add_argument("--gin_search_paths", action="append", default=[],
-                 help="comma-separated folders to resolve gin files and includes")
-  p.add_argument("--tfds_data_dir", default=None, help="TFDS data dir override")
-  p.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
-                 help="extra folders with cached SeqIO tasks")
-  p.add_argument("--multiprocess_gpu", action="store_true",
-                 help="initialize jax.distributed for multi-process GPU/CPU runs")
-  p.add_argument("--coordinator_address", default=None, help="host:port of process 0")
-  p.add_argument("--process_count", type=int, default=None)
-  p.add_argument("--process_index", type=int, default=None)
-  p.add_argument("--distributed_timeout_s", type=int, default=300,
-                 help="seconds to wait for the coordinator before failing")
-  return p
-
-
-def _configure_data_flags(args: argparse.Namespace) -> None:
-  if not (args.tfds_data_dir or args.seqio_additional_cache_dirs):
-    return
-  import seqio
-  if args.tfds_data_dir:
-    seqio.set_tfds_data_dir_override(args.tfds_data_dir)
-  if args.seqio_additional_cache_dirs:
-    seqio.add_global_cache_dirs(args.seqio_additional_cache_dirs)
-
-
 def main(argv: list[str] | None = None, prog: str = "xmtf train") -> int:
   """Exit status: 0 done (or stopped by SIGTERM after saving), 2 bad input, 130 Ctrl-C."""
   return run_main(argv, prog)[0]
@@ -374,13 +354,13 @@ def run_main(argv: list[str] | None = None, prog: str = "xmtf train"
   """``main`` that also returns the run's result (None when it did not run)."""
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
-    args = build_arg_parser(prog).parse_args(gin_config.rewrite_gin_args(argv))
+    args = flags.build_arg_parser(prog, DESCRIPTION).parse_args(
+        gin_config.rewrite_gin_args(argv))
     if args.multiprocess_gpu:
       distributed.initialize(args.coordinator_address, args.process_count, args.process_index,
                              args.distributed_timeout_s)
-    _configure_data_flags(args)
-    search = [p for arg in args.gin_search_paths for p in arg.split(",") if p]
-    gin_config.parse(args.gin_file, args.gin_bindings, search, finalize=False)
+    flags.configure_data(args)
+    gin_config.parse(args.gin_file, args.gin_bindings, flags.search_paths(args), finalize=False)
     gin_config.check_macros()
     run = gin_config.get_configurable(train)
     result = run()
