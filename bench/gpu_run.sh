@@ -44,7 +44,7 @@ step() {
 }
 # bench ARGS...: one `xmtf bench train` whose rows each get the step's limit minus a margin.
 bench() {
-  $PY -m xmtf_pipeline.bench train --model "$MODEL" --inputs "$INPUTS" --targets "$TARGETS" \
+  $PY -m xmtf_pipeline.tools.bench train --model "$MODEL" --inputs "$INPUTS" --targets "$TARGETS" \
     --ceiling "$CEILING" --jsonl "$ROWS" --timeout $(( STEP_T - 8 )) "$@"
 }
 export -f bench
@@ -59,7 +59,7 @@ flax.__version__, 'optax', optax.__version__, jax.devices())"
   timeout 30 $PY -c "import torch, transformers as t; print('torch', torch.__version__, \
 'cuda', torch.cuda.is_available(), 'transformers', t.__version__)"
 } 2>&1 | grep -v '^I0000\|^W0000' | tee "$OUT/device.txt"
-CEILING=$(timeout 60 $PY -c "from xmtf_pipeline.bench import matmul_ceiling_tflops as c; \
+CEILING=$(timeout 60 $PY -c "from xmtf_pipeline.tools.bench import matmul_ceiling_tflops as c; \
 print(c())" 2>/dev/null | tail -1)
 CEILING=${CEILING:-0}
 echo "bf16 matmul ceiling: $CEILING TFLOP/s" | tee -a "$OUT/device.txt"

@@ -46,7 +46,8 @@ def _rss_mb() -> float:
 def _child(step: str, model: str, work: str) -> dict:
   import numpy as np
 
-  from xmtf_pipeline import gin_config, hf_export, hf_import, hf_mapping, params, safetensors_io
+  from xmtf_pipeline import gin_config, params
+  from xmtf_pipeline.interop import hf_export, hf_import, hf_mapping, safetensors_io
 
   config = gin_config.load_model_config(model, ["COMPUTE_DTYPE = 'float32'"])
   hf_dir, ckpt_dir, out_dir = (os.path.join(work, n) for n in ("hf", "ckpt", "hf_again"))

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from safetensors.numpy import save_file
 
-from xmtf_pipeline import hf_mapping, params
+from xmtf_pipeline import params
+from xmtf_pipeline.interop import hf_mapping
 
 
 def save_hf_checkpoint(flat_params, config, out_dir: str) -> None:

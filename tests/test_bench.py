@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xmtf_pipeline import bench
+from xmtf_pipeline.tools import bench
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,8 @@ def test_bench_sizes_equal_the_model_gin_files(name):
 
 def test_bench_imports_neither_tensorflow_seqio_nor_gin():
   """GPU machines carry jax, flax, optax, torch and transformers only."""
-  code = ("import sys; from xmtf_pipeline import bench, bench_checks, layer_stacking, models, "
+  code = ("import sys; from xmtf_pipeline.tools import bench, bench_checks; "
+          "from xmtf_pipeline import layer_stacking, models, "
           "partitioning, trainer; bad = [m for m in ('tensorflow', 'seqio', 'gin') "
           "if m in sys.modules]; assert not bad, bad")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
@@ -130,7 +131,7 @@ def test_mt0_rows_have_xp3_lengths_then_padding():
 
 
 def test_top_ops_counts_nested_time_once():
-  from xmtf_pipeline import bench_profile
+  from xmtf_pipeline.tools import bench_profile
   meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
           {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
 

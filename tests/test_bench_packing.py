@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from xmtf_pipeline import bench_packing as bp
 from xmtf_pipeline import cli
+from xmtf_pipeline.tools import bench_packing as bp
 
 SMALL = {"inputs": 48, "targets": 8}  # short enough that some sample examples are truncated
 

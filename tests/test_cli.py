@@ -43,7 +43,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 def test_demo_output_defaults_outside_the_source_tree(monkeypatch, tmp_path):
   """The demo's default folder once sat in the repo root (runs/demo) and broke 8 tests run
   after it: a `runs/` folder on sys.path shadowed gin's `include 'runs/...'`."""
-  from xmtf_pipeline import demo
+  from xmtf_pipeline.tools import demo
   repo = Path(__file__).resolve().parent.parent
   assert cli.build_parser().parse_args(["demo"]).model_dir is None
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

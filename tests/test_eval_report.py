@@ -176,6 +176,6 @@ def test_write_reports_files_and_charts(tmp_path):
   with Image.open(tmp_path / "charts" / "nli.png") as img:
     assert img.format == "PNG" and img.width > 800  # 20 (dataset, config) groups
   # xmtf export-hf picks these files up for the exported model card.
-  from xmtf_pipeline import hf_export
+  from xmtf_pipeline.interop import hf_export
   table, index = hf_export.find_eval_results(str(tmp_path), str(tmp_path))
   assert table.startswith("| dataset |") and index[0]["name"] == "ours"

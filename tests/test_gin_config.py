@@ -88,7 +88,7 @@ def test_typo_fails_in_train_eval_and_infer(commands, tmp_path, capsys):
 
 
 def test_plan_refuses_a_typo(capsys):
-  from xmtf_pipeline import planner
+  from xmtf_pipeline.tools import planner
   rc = planner.main(["--gin_file=mt0/mt0_small_xp3.gin", "--gin.BATCH_SIZ=8", "--devices=8"])
   assert rc == 2
   assert "did you mean BATCH_SIZE?" in capsys.readouterr().out

@@ -238,7 +238,7 @@ def test_mismatching_model_is_a_clear_error(exported, tmp_path, capsys):
   err = capsys.readouterr().err
   assert "xmtf export-hf: error:" in err and "another model size" in err
   with pytest.raises(ParamMismatchError):
-    from xmtf_pipeline import hf_export
+    from xmtf_pipeline.interop import hf_export
     hf_export.export(exported[0], str(tmp_path / "o2"), model_config=TINY.replace(mlp_dim=256))
 
 
@@ -264,8 +264,8 @@ _PLAIN_SCRIPT = textwrap.dedent("""
 def demo_checkpoint(tmp_path_factory):
   """The demo's training job (``xmtf demo``'s gin flags: tiny mT5 on the bundled xP3 sample),
   one step and no train-eval to stay fast."""
-  from xmtf_pipeline import demo
   from xmtf_pipeline import train as train_lib
+  from xmtf_pipeline.tools import demo
   model_dir = str(tmp_path_factory.mktemp("demo") / "run")
   assert train_lib.main(demo._flags(model_dir, 1, 2, "mt5_tiny") + ["--gin.EVAL_PERIOD=0"]) == 0
   return os.path.join(model_dir, "checkpoint_1")
@@ -284,7 +284,7 @@ def test_demo_export_loads_in_plain_transformers_subprocess(demo_checkpoint, tmp
   assert not got["xmtf_imported"]
   # The same prompt ids through our decoder give the same tokens.
   from xmtf_pipeline.gin_config import load_model_config
-  from xmtf_pipeline.t5x_import import open_checkpoint
+  from xmtf_pipeline.interop.t5x_import import open_checkpoint
   reader = open_checkpoint(demo_checkpoint)
   tree = params.unflatten({p: reader.read(f"target/{p}") for p in reader.shapes("target")})
   config = load_model_config("mt5_tiny")

@@ -22,9 +22,10 @@ from interop_testlib import (
 )
 from safetensors.numpy import load_file, save_file
 
-from xmtf_pipeline import checkpoint_formats, cli, hf_import, hf_mapping, params
+from xmtf_pipeline import cli, params
+from xmtf_pipeline.interop import checkpoint_formats, hf_import, hf_mapping
+from xmtf_pipeline.interop.t5x_import import open_checkpoint
 from xmtf_pipeline.params import ParamMismatchError
-from xmtf_pipeline.t5x_import import open_checkpoint
 
 
 def write_hf_dir(out, tree, config, fmt="safetensors", shards=1, config_overrides=None,

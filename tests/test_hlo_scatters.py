@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xmtf_pipeline import bench, hlo_audit, models, schedules, trainer
+from xmtf_pipeline import models, schedules, trainer
 from xmtf_pipeline.adafactor import Adafactor
 from xmtf_pipeline.partitioning import Partitioner
+from xmtf_pipeline.tools import bench, hlo_audit
 
 MODEL, BATCH, LEN_IN, LEN_OUT = "mt5_small", 4, 64, 16
 VOCAB, EMB = bench.model_config(MODEL).vocab_size, bench.model_config(MODEL).emb_dim

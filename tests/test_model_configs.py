@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from xmtf_pipeline import gin_config, hf_mapping, params
+from xmtf_pipeline import gin_config, params
+from xmtf_pipeline.interop import hf_mapping
 from xmtf_pipeline.network import T5Config
 
 EXPECTED = {

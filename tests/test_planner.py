@@ -2,8 +2,8 @@
 
 import pytest
 
-from xmtf_pipeline import memory_compile, planner
 from xmtf_pipeline.partitioning import Partitioner
+from xmtf_pipeline.tools import memory_compile, planner
 
 TINY = ["--gin_file=models/mt5_tiny.gin", "--gin_file=runs/finetune.gin",
         "--gin.MIXTURE_OR_TASK_NAME='xp3'", "--gin.TRAIN_STEPS=1",
@@ -100,8 +100,9 @@ def test_a_fake_device_mesh_compiles_in_a_child_process():
 def test_plan_matches_real_sizes_on_one_device():
   import jax
 
-  from xmtf_pipeline import gin_config, params, planner
+  from xmtf_pipeline import gin_config, params
   from xmtf_pipeline.adafactor import Adafactor
+  from xmtf_pipeline.tools import planner
   config = gin_config.load_model_config("mt5_tiny")
   tree = params.init_params(config, jax.random.PRNGKey(0))
   opt_state = Adafactor().init(tree)
@@ -113,8 +114,9 @@ def test_plan_matches_real_sizes_on_one_device():
 def test_plan_of_a_scanned_model_matches_real_sizes():
   import jax
 
-  from xmtf_pipeline import gin_config, params, planner
+  from xmtf_pipeline import gin_config, params
   from xmtf_pipeline.adafactor import Adafactor
+  from xmtf_pipeline.tools import planner
   config = gin_config.load_model_config("mt5_tiny").replace(scan_layers=True)
   tree = params.init_params(config, jax.random.PRNGKey(0))
   opt_state = Adafactor(min_dim_size_to_factor=64).for_logical_axes(
@@ -129,7 +131,8 @@ def test_plan_of_a_scanned_model_matches_real_sizes():
 
 
 def test_plan_counts_one_logits_chunk_with_a_chunked_loss():
-  from xmtf_pipeline import gin_config, planner
+  from xmtf_pipeline import gin_config
+  from xmtf_pipeline.tools import planner
   config = gin_config.load_model_config("mt5_tiny")
   lengths = {"inputs": 64, "targets": 256}
   full = planner.plan_config(config, Partitioner(), 1, 8, lengths)
@@ -147,7 +150,7 @@ def test_plan_counts_one_logits_chunk_with_a_chunked_loss():
 
 
 def test_plan_cli_on_the_mt0_large_recipe(capsys):
-  from xmtf_pipeline import planner
+  from xmtf_pipeline.tools import planner
   assert planner.main(["--gin_file=mt0/mt0_large_xp3.gin", "--slice", "v4-64",
                        "--compile=off"]) == 0
   out = capsys.readouterr().out

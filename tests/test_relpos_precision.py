@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xmtf_pipeline import bench, layers, models, params
+from xmtf_pipeline import layers, models, params
+from xmtf_pipeline.tools import bench
 
 
 def _rel(a, b):

@@ -16,19 +16,19 @@ import pytest
 
 import tasks.synthetic  # noqa: F401  (registers synthetic_copy)
 from xmtf_pipeline import (
-    checkpoint_formats,
-    checkpoints,
-    decoding,
-    evaluation,
-    input_pipeline,
-    layer_stacking,
-    models,
-    params,
-    schedules,
-    trainer,
+  checkpoints,
+  decoding,
+  evaluation,
+  input_pipeline,
+  layer_stacking,
+  models,
+  params,
+  schedules,
+  trainer,
 )
 from xmtf_pipeline import train as train_lib
 from xmtf_pipeline.adafactor import Adafactor
+from xmtf_pipeline.interop import checkpoint_formats
 from xmtf_pipeline.network import T5Config
 
 # Uneven layer counts catch encoder/decoder mix-ups; min_dim_size_to_factor 8 makes

@@ -20,7 +20,8 @@ from interop_testlib import (
 )
 from safetensors.numpy import load_file
 
-from xmtf_pipeline import checkpoint_formats, cli, hf_mapping, params, t5x_import
+from xmtf_pipeline import cli, params
+from xmtf_pipeline.interop import checkpoint_formats, hf_mapping, t5x_import
 from xmtf_pipeline.params import ParamMismatchError
 
 STEP = 1_000_000
@@ -233,7 +234,7 @@ sys.path.insert(0, {tests!r})
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from interop_testlib import TINY, train_target
-from xmtf_pipeline import checkpoint_formats
+from xmtf_pipeline.interop import checkpoint_formats
 mesh = Mesh(np.array(jax.devices()), ("model",))
 def shard(x):
   split = x.ndim >= 1 and x.shape[0] % 2 == 0

@@ -1,10 +1,11 @@
-"""``xmtf data`` (xmtf_pipeline/data_inspect.py): examples, statistics, rates, errors."""
+"""``xmtf data`` (xmtf_pipeline/tools/data_inspect.py): examples, statistics, rates, errors."""
 
 import pytest
 import tasks_testlib as T
 
 import gin
-from xmtf_pipeline import cli, data_inspect
+from xmtf_pipeline import cli
+from xmtf_pipeline.tools import data_inspect
 
 
 def test_data_is_a_subcommand():

@@ -139,7 +139,8 @@ def select(model_dir: str, suite: str, model: Any, vocabulary: Any, metric: str 
 
 def _model_and_vocab(args: argparse.Namespace):
   """The model config (--model, else MODEL_DIR/config.gin) and the run's vocabulary."""
-  from xmtf_pipeline import gin_config, hf_export, models
+  from xmtf_pipeline import gin_config, models
+  from xmtf_pipeline.interop import hf_export
 
   run: dict[str, Any] = {}
   config_gin = os.path.join(args.model_dir, "config.gin")

@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _demo(args: argparse.Namespace) -> int:
-  from xmtf_pipeline import demo
+  from xmtf_pipeline.tools import demo
   return demo.main(model=args.model, model_dir=args.model_dir, steps=args.steps,
                    batch_size=args.batch_size)
 
@@ -26,14 +26,15 @@ def _params(args: argparse.Namespace) -> int:
 def _conversion_errors():
   """Errors of the checkpoint converters that are the user's input, not a bug."""
   from xmtf_pipeline.checkpoints import CheckpointError
-  from xmtf_pipeline.hf_export import HFExportError
-  from xmtf_pipeline.hf_import import HFImportError
-  from xmtf_pipeline.safetensors_io import SafetensorsError
+  from xmtf_pipeline.interop.hf_export import HFExportError
+  from xmtf_pipeline.interop.hf_import import HFImportError
+  from xmtf_pipeline.interop.safetensors_io import SafetensorsError
   return (CheckpointError, HFExportError, HFImportError, SafetensorsError, FileExistsError)
 
 
 def _export_hf(args: argparse.Namespace) -> int:
-  from xmtf_pipeline import gin_config, hf_export
+  from xmtf_pipeline import gin_config
+  from xmtf_pipeline.interop import hf_export
   try:
     config = (gin_config.load_model_config(args.model, args.gin_bindings)
               if args.model else None)
@@ -48,7 +49,8 @@ def _export_hf(args: argparse.Namespace) -> int:
 
 
 def _import_hf(args: argparse.Namespace) -> int:
-  from xmtf_pipeline import gin_config, hf_import
+  from xmtf_pipeline import gin_config
+  from xmtf_pipeline.interop import hf_import
   try:
     config = (gin_config.load_model_config(args.model, args.gin_bindings)
               if args.model else None)
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model", default="mt5_tiny", help="model name (gin/models/NAME.gin) or gin file")
   p.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings")
   p.set_defaults(func=_params)
-  __import__("xmtf_pipeline.data_inspect", fromlist=["add_parser"]).add_parser(sub)
+  __import__("xmtf_pipeline.tools.data_inspect", fromlist=["add_parser"]).add_parser(sub)
 
   p = sub.add_parser("export-hf", help="export a checkpoint as a Hugging Face MT5 directory")
   p.add_argument("--checkpoint_dir", required=True,
@@ -167,19 +169,19 @@ def _dispatch(argv: list[str]) -> int:
     module, fn = _EVAL_MAINS[argv[0]]
     return getattr(importlib.import_module(module), fn)(argv[1:])
   if argv and argv[0] == "plan":
-    from xmtf_pipeline import planner
+    from xmtf_pipeline.tools import planner
     return planner.main(argv[1:])
   if argv and argv[0] == "bench":
     if len(argv) > 1 and argv[1] == "packing":
-      from xmtf_pipeline import bench_packing
+      from xmtf_pipeline.tools import bench_packing
       return bench_packing.main_packing(argv[2:])
     if len(argv) > 1 and argv[1] == "data":
-      from xmtf_pipeline import bench_data
+      from xmtf_pipeline.tools import bench_data
       return bench_data.main_data(argv[2:])
     if len(argv) > 1 and argv[1] == "embed":
-      from xmtf_pipeline import bench_embed
+      from xmtf_pipeline.tools import bench_embed
       return bench_embed.main(argv[2:])
-    from xmtf_pipeline import bench
+    from xmtf_pipeline.tools import bench
     return bench.main(argv[1:])
   args = build_parser().parse_args(argv)
   from xmtf_pipeline.gin_config import GinConfigError

@@ -80,8 +80,8 @@ def load_params(checkpoint_path: str, config: T5Config) -> Any:
 
 
 def _load_per_layer_params(checkpoint_path: str, config: T5Config) -> Any:
-  from xmtf_pipeline import checkpoint_formats, hf_import
   from xmtf_pipeline.adafactor import Adafactor
+  from xmtf_pipeline.interop import checkpoint_formats, hf_import
   from xmtf_pipeline.trainer import TrainState
 
   if not checkpoint_path.startswith("gs://") and not os.path.exists(checkpoint_path):
@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None, prog: str = "xmtf eval",
          entry: Callable | None = None, description: str = "") -> int:
   """T5X-style flags (as ``xmtf train``): --gin_file, --gin_bindings, --gin.NAME=VALUE."""
   from tasks.heldout import HeldOutError
-  from xmtf_pipeline import checkpoints, flags, gin_config, hf_import
+  from xmtf_pipeline import checkpoints, flags, gin_config
+  from xmtf_pipeline.interop import hf_import
 
   argv = list(sys.argv[1:] if argv is None else argv)
   errors = (gin_config.GinConfigError, EvalError, HeldOutError, RankClassificationError,

@@ -20,7 +20,6 @@ import numpy as np
 
 import gin
 from xmtf_pipeline import (
-  checkpoint_formats,
   checkpoints,
   distributed,
   flags,
@@ -34,6 +33,7 @@ from xmtf_pipeline import (
   trainer,
 )
 from xmtf_pipeline.adafactor import Adafactor
+from xmtf_pipeline.interop import checkpoint_formats
 from xmtf_pipeline.partitioning import Partitioner
 from xmtf_pipeline.run_logging import RunLogger
 

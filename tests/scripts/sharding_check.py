@@ -8,10 +8,11 @@ import json
 import jax
 import numpy as np
 
-from xmtf_pipeline import models, params, planner, schedules, trainer
+from xmtf_pipeline import models, params, schedules, trainer
 from xmtf_pipeline.adafactor import Adafactor
 from xmtf_pipeline.network import T5Config
 from xmtf_pipeline.partitioning import Partitioner
+from xmtf_pipeline.tools import planner
 
 CONFIG = T5Config(vocab_size=512, emb_dim=64, num_heads=4, num_encoder_layers=2,
                   num_decoder_layers=2, head_dim=16, mlp_dim=128, dtype="float32")

@@ -20,10 +20,11 @@ import textwrap
 
 import numpy as np
 
-from xmtf_pipeline import gin_config, memory_compile, params
+from xmtf_pipeline import gin_config, params
 from xmtf_pipeline.adafactor import Adafactor
 from xmtf_pipeline.network import T5Config
 from xmtf_pipeline.partitioning import Partitioner
+from xmtf_pipeline.tools import memory_compile
 
 GIB = 1024 ** 3
 

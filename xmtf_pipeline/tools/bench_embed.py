@@ -75,7 +75,7 @@ def run(model: str, batch: int, len_in: int, len_out: int, reps: int, onehot_tok
   import jax
   import jax.numpy as jnp
 
-  from xmtf_pipeline import bench_workload as bench
+  from xmtf_pipeline.tools import bench_workload as bench
   cfg = bench.model_config(model)
   rng = np.random.default_rng(0)
   table = jnp.asarray(rng.standard_normal((cfg.vocab_size, cfg.emb_dim)), jnp.float32)

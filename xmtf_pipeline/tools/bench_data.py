@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from xmtf_pipeline.bench_packing import (
+from xmtf_pipeline.tools.bench_packing import (
   DEFAULT_GPU_EXAMPLES_PER_S,
   DEFAULT_LENGTHS,
   BenchInputError,
@@ -55,7 +55,7 @@ def _data_child(cores: int, task: str, lengths: str, examples: int, packed_examp
   tf.config.threading.set_intra_op_parallelism_threads(cores)  # before any TF op runs
   tf.config.threading.set_inter_op_parallelism_threads(cores)
   tf.config.set_visible_devices([], "GPU")
-  from xmtf_pipeline.data_inspect import _import_tasks
+  from xmtf_pipeline.tools.data_inspect import _import_tasks
   _import_tasks(())
   from tasks.bench_preprocessing import measure
 
@@ -72,7 +72,7 @@ def _measure(cores: Sequence[int], args, packed_examples: int) -> list[dict] | N
   """One fresh process per core count (TF's thread pools are fixed at its first op)."""
   runs = []
   for n in cores:
-    cmd = [sys.executable, "-m", "xmtf_pipeline.bench_data", "--_child", str(n),
+    cmd = [sys.executable, "-m", "xmtf_pipeline.tools.bench_data", "--_child", str(n),
            "--task", args.task, "--lengths", args.lengths, "--examples", str(args.examples),
            "--_packed_examples", str(packed_examples), "--batch", str(args.batch),
            "--seed", str(args.seed)]

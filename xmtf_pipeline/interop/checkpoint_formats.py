@@ -15,8 +15,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from xmtf_pipeline import checkpoints, hf_import, t5x_import
+from xmtf_pipeline import checkpoints
 from xmtf_pipeline import params as params_lib
+from xmtf_pipeline.interop import hf_import, t5x_import
 from xmtf_pipeline.network import T5Config
 
 _ARRAY_IN_ERROR = re.compile(r'(?:Error reading|Error opening|reading) "([^"/]+)(?:/[^"]*)?"')

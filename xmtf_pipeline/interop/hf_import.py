@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from xmtf_pipeline import hf_mapping, safetensors_io
 from xmtf_pipeline import params as params_lib
+from xmtf_pipeline.interop import hf_mapping, safetensors_io
 from xmtf_pipeline.network import T5Config
 from xmtf_pipeline.params import ParamMismatchError
 
@@ -296,7 +296,7 @@ def restore_state(path: str, config: T5Config, target: Any) -> dict[str, Any]:
   import jax
   import jax.numpy as jnp
 
-  from xmtf_pipeline.t5x_import import is_placed, place_like
+  from xmtf_pipeline.interop.t5x_import import is_placed, place_like
 
   source = f"INITIAL_CHECKPOINT_PATH {path}"
   hf_config = t5_config_from_hf(read_config(path), os.path.join(path, "config.json"))
@@ -448,7 +448,7 @@ def import_hf(hf_dir: str, output_dir: str, overwrite: bool = False,
   plus ``config.gin`` with the architecture and ``spiece.model`` when the HF
   directory has one. Returns the checkpoint folder.
   """
-  from xmtf_pipeline import t5x_import
+  from xmtf_pipeline.interop import t5x_import
 
   hf_dir = os.path.abspath(hf_dir)
   if not os.path.isdir(hf_dir):

@@ -72,7 +72,7 @@ def _import_tasks(modules: Sequence[str]) -> None:
     importlib.import_module("tasks")
   except ModuleNotFoundError:
     # An editable install made before tasks/ existed does not map it; it sits next to this package.
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if (root / "tasks" / "__init__.py").is_file():
       sys.path.insert(0, str(root))
   for module in (*DEFAULT_MODULES, *modules):

@@ -132,7 +132,7 @@ def main(model: str = "mt5_tiny", model_dir: str | None = None, steps: int = 400
   print("[eval] zero-shot rank classification on the bundled real validation rows (5 prompts "
         f"each; a tiny model is near chance, as expected), {time.time() - t_eval:.0f}s:")
   print(table)
-  from xmtf_pipeline import hf_export
+  from xmtf_pipeline.interop import hf_export
   hf_dir = os.path.join(model_dir, "hf")
   hf_export.export(os.path.join(model_dir, f"checkpoint_{step}"), hf_dir, overwrite=True)
   print(f"[export] Hugging Face MT5 directory: {hf_dir} ({', '.join(sorted(os.listdir(hf_dir)))})"

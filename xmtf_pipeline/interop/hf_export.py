@@ -29,11 +29,12 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from xmtf_pipeline import gin_config, hf_mapping, safetensors_io
+from xmtf_pipeline import gin_config
 from xmtf_pipeline import params as params_lib
-from xmtf_pipeline.hf_import import finish_output_dir, prepare_output_dir
+from xmtf_pipeline.interop import hf_mapping, safetensors_io
+from xmtf_pipeline.interop.hf_import import finish_output_dir, prepare_output_dir
+from xmtf_pipeline.interop.t5x_import import CheckpointReader, T5XCheckpointError, open_checkpoint
 from xmtf_pipeline.network import T5Config
-from xmtf_pipeline.t5x_import import CheckpointReader, T5XCheckpointError, open_checkpoint
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -257,7 +258,7 @@ def write_weights(reader: CheckpointReader, out: str, dtype: np.dtype, max_shard
       try:
         value = reader.read(name)
       except Exception as e:  # TensorStore: a truncated or damaged array file
-        from xmtf_pipeline import checkpoint_formats
+        from xmtf_pipeline.interop import checkpoint_formats
         raise checkpoint_formats.damaged(reader.path, e, name) from None
       return safetensors_io.iter_row_blocks(value, dtype, transpose)
 
@@ -400,7 +401,7 @@ def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwri
     array = re.search(r"array (\S+) cannot be opened", str(e))
     if not array:
       raise
-    from xmtf_pipeline import checkpoint_formats
+    from xmtf_pipeline.interop import checkpoint_formats
     raise checkpoint_formats.damaged(checkpoint_dir, e.__cause__ or e, array[1]) from None
   ckpt = reader.path
   model_dir = os.path.dirname(ckpt)

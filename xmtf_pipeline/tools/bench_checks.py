@@ -35,8 +35,8 @@ def run_checks(model: str, batch: int, len_in: int, len_out: int,
   """Each lever's row; ``on_row(row)`` is called as each is done (a timeout keeps them)."""
   import jax
 
-  from xmtf_pipeline import bench_workload as bench
   from xmtf_pipeline import layer_stacking, models, params
+  from xmtf_pipeline.tools import bench_workload as bench
 
   data = bench.synthetic_batch(batch, len_in, len_out, bench.model_config(model).vocab_size,
                                seed=5)

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from xmtf_pipeline.bench_workload import (  # noqa: F401  (the workload's names, re-exported)
+from xmtf_pipeline.tools.bench_workload import (  # noqa: F401  (the workload's names, re-exported)
   DATA,
   SIZES,
   matmul_ceiling_tflops,
@@ -78,7 +78,7 @@ def bench_ours(cfg, batch: int, len_in: int, len_out: int, steps: int, loss_chun
                                           ("encoder_input_tokens", "decoder_target_tokens"))
                                       / batch)}
   if profile_dir:
-    from xmtf_pipeline import bench_profile
+    from xmtf_pipeline.tools import bench_profile
 
     def one_step():
       nonlocal state
@@ -223,7 +223,7 @@ def run_child(spec: dict, args, timeout: float) -> dict:
   env = dict(os.environ)
   if spec.get("xla_flags"):
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + spec["xla_flags"]).strip()
-  cmd = [sys.executable, "-m", "xmtf_pipeline.bench", "train", "--model", args.model,
+  cmd = [sys.executable, "-m", "xmtf_pipeline.tools.bench", "train", "--model", args.model,
          "--inputs", str(args.inputs), "--targets", str(args.targets), "--steps", str(args.steps),
          "--_child", json.dumps(spec)]
   name = spec.get("name") or {"hf": "HF torch" + (" compile" if spec.get("compile") else
@@ -253,7 +253,7 @@ def child(spec: dict, args) -> dict:
             "backend": jax.default_backend(),
             "device": getattr(dev, "device_kind", str(dev))}
   if kind == "check":
-    from xmtf_pipeline import bench_checks
+    from xmtf_pipeline.tools import bench_checks
 
     def stream(row):  # rows checked before a timeout still reach the parent
       print("CHECKROW:" + json.dumps(row), flush=True)
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.check or args.only_check:
     got = run_child({"kind": "check", "model": args.check_model,
                      "dtypes": args.check_dtypes.split(",")}, args, args.timeout)
-    from xmtf_pipeline.bench_checks import checks_table
+    from xmtf_pipeline.tools.bench_checks import checks_table
     checks = got.get("checks") or [json.loads(x[len("CHECKROW:"):]) for x in
                                    got.get("stdout", "").splitlines() if x.startswith("CHECKROW:")]
     result["checks"] = checks
@@ -445,7 +445,7 @@ def _with_sizes(args):
 
 
 def _profile(args, result: dict, save) -> int:
-  from xmtf_pipeline import bench_profile
+  from xmtf_pipeline.tools import bench_profile
   spec = dict(row_specs(args)[0], steps=1, profile_dir=os.path.abspath(args.profile))
   os.makedirs(args.profile, exist_ok=True)
   got = run_child(spec, argparse.Namespace(**dict(vars(args), steps=1)), args.timeout)

@@ -15,7 +15,7 @@ per-device batch, compiled by the local backend, and its ``memory_analysis()`` r
 On the CPU backend the mesh is made of fake host devices
 (``--xla_force_host_platform_device_count``); that flag must be set before jax
 starts, so a compile needing more devices than this process has runs in a
-subprocess (``python -m xmtf_pipeline.memory_compile``).
+subprocess (``python -m xmtf_pipeline.tools.memory_compile``).
 """
 
 from __future__ import annotations
@@ -156,12 +156,12 @@ def compile_in_child(gin_files, bindings, devices: int, scan_layers: bool = Fals
                      timeout: float | None = None) -> CompiledMemory:
   """The compile in a fresh process with ``devices`` fake CPU devices (XLA_FLAGS is read
   once, when jax starts)."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # for `import tasks`
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for `import tasks`
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
              XLA_FLAGS=" ".join([os.environ.get("XLA_FLAGS", ""),
                                  f"--xla_force_host_platform_device_count={devices}"]).strip())
-  cmd = [sys.executable, "-m", "xmtf_pipeline.memory_compile", f"--devices={devices}"]
+  cmd = [sys.executable, "-m", "xmtf_pipeline.tools.memory_compile", f"--devices={devices}"]
   cmd += [f"--gin_file={f}" for f in gin_files] + [f"--gin_bindings={b}" for b in bindings]
   cmd += ["--scan_layers"] if scan_layers else []
   try:
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
   import argparse
 
   from xmtf_pipeline import gin_config
-  p = argparse.ArgumentParser(prog="python -m xmtf_pipeline.memory_compile",
+  p = argparse.ArgumentParser(prog="python -m xmtf_pipeline.tools.memory_compile",
                               description="Compile a run config's train step; print "
                               "memory_analysis() as JSON (per device).")
   p.add_argument("--gin_file", action="append", required=True)

@@ -42,7 +42,7 @@ class BenchInputError(ValueError):
 
 
 def parse_lengths(text: str) -> dict[str, int]:
-  from xmtf_pipeline.data_inspect import parse_lengths as parse
+  from xmtf_pipeline.tools.data_inspect import parse_lengths as parse
   try:
     lengths = parse(text)
   except ValueError as e:
@@ -117,7 +117,7 @@ def task_examples(name: str, max_examples: int | None, split: str = "train", see
   """(examples, vocabulary, description) of a registered task/mixture, as the trainer reads it."""
   import seqio
 
-  from xmtf_pipeline.data_inspect import _import_tasks
+  from xmtf_pipeline.tools.data_inspect import _import_tasks
   _import_tasks(())
   try:
     provider = seqio.get_mixture_or_task(name)
@@ -278,8 +278,8 @@ def measure_train_steps(model_name: str, rows: Mapping[str, Mapping[str, np.ndar
 
   from xmtf_pipeline import models, schedules, trainer
   from xmtf_pipeline.adafactor import Adafactor
-  from xmtf_pipeline.bench_workload import model_config
   from xmtf_pipeline.partitioning import Partitioner
+  from xmtf_pipeline.tools.bench_workload import model_config
 
   cfg = model_config(model_name, dtype=dtype)
   if vocab_size > cfg.vocab_size:  # e.g. mT5's SentencePiece with mt5_tiny
@@ -409,7 +409,7 @@ def quiet_tf() -> None:
 
 def _load(args) -> tuple[list[dict[str, list[int]]], object, str, str]:
   if args.jsonl:
-    from xmtf_pipeline.data_inspect import _import_tasks
+    from xmtf_pipeline.tools.data_inspect import _import_tasks
     _import_tasks(())
     records = read_jsonl(args.jsonl, args.max_examples)
     vocabulary, desc = jsonl_vocabulary()
@@ -446,7 +446,7 @@ def main_packing(argv: Sequence[str]) -> int:
   p.add_argument("--json", help="write the results here as JSON")
   args = p.parse_args(argv)
   quiet_tf()
-  from xmtf_pipeline.bench_workload import SIZES
+  from xmtf_pipeline.tools.bench_workload import SIZES
   if args.model is not None and args.model not in SIZES:
     print(f"xmtf bench packing: error: --model {args.model!r}: one of {', '.join(sorted(SIZES))}",
           file=sys.stderr)
@@ -457,7 +457,7 @@ def main_packing(argv: Sequence[str]) -> int:
   except BenchInputError as e:
     print(f"xmtf bench packing: error: {e}", file=sys.stderr)
     return 2
-  from xmtf_pipeline.bench_workload import model_config, train_flops_per_example
+  from xmtf_pipeline.tools.bench_workload import model_config, train_flops_per_example
 
   eos = vocabulary.eos_id
   report = packing_report(examples, lengths, eos)
