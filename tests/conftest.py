@@ -1,6 +1,8 @@
 """Hermetic test environment: no hub, no GCS, quiet TF, small fake devices."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -8,6 +10,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="xmtf_hf_home_"))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# One persistent XLA compile cache per test session, shared by the in-process tests and every
+# subprocess they start (the environment is inherited): the same tiny programs compile once per
+# session instead of once per test. Fresh per session, so no run sees another's cache. Set before
+# jax is imported (it reads these at import).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="xmtf_jax_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
