@@ -88,8 +88,14 @@ def test_beam_search_finds_the_best_sequence_where_greedy_does_not():
   tree = random_params(config, seed=1, logit_scale=3.0)
   max_len, beam = 3, 36  # 6 content ids: 36 live prefixes at depth 2 make the search exact
   enc = _encoder_inputs(np.random.default_rng(1), config.vocab_size, [5] * 12, 5)
-  tokens, scores = jax.jit(decoding.beam_search, static_argnums=(0, 3, 4, 5, 6, 7))(
-      module, tree, jnp.asarray(enc), max_len, beam, 0.0, 1, True)
+  # HF's rule ranks finished and unfinished beams together: the best of all candidates.
+  search = jax.jit(decoding.beam_search, static_argnums=(0, 3, 4, 5, 6, 7, 8))
+  tokens, scores = search(module, tree, jnp.asarray(enc), max_len, beam, 0.0, 1, True, "hf")
+  # T5X's rule returns finished beams only (any finished here): every 1- and 2-token
+  # sequence ending in EOS was a candidate (1 + 6 live beams of 8 ids < 2k), so the top
+  # beam beats all of them.
+  t5x_tokens, t5x_scores = search(module, tree, jnp.asarray(enc), max_len, beam, 0.0, 1, True,
+                                  "t5x")
   greedy = np.asarray(jit_greedy(module, tree, enc, max_len, forbid_pad=True))
   greedy_wrong = 0
   for i, candidates in enumerate(_exhaustive(config, module, tree, enc, max_len)):
@@ -99,6 +105,12 @@ def test_beam_search_finds_the_best_sequence_where_greedy_does_not():
     top = tuple(top[:list(top).index(1) + 1]) if 1 in top else tuple(top)
     assert top == best
     np.testing.assert_allclose(float(scores[i, 0]), best_score, rtol=1e-5)
+    t5x_top = list(np.asarray(t5x_tokens[i, 0]))
+    assert 1 in t5x_top
+    t5x_top = tuple(t5x_top[:t5x_top.index(1) + 1])
+    np.testing.assert_allclose(float(t5x_scores[i, 0]), candidates[t5x_top], rtol=1e-5)
+    short = max(v for c, v in candidates.items() if c[-1] == 1 and len(c) <= 2)
+    assert float(t5x_scores[i, 0]) >= short - 1e-5
     g = tuple(greedy[i][:list(greedy[i]).index(1) + 1]) if 1 in greedy[i] else tuple(greedy[i])
     if candidates[g] < best_score - 1e-4:
       greedy_wrong += 1
@@ -110,8 +122,24 @@ def test_beam_scores_equal_full_recomputation(tiny):
   config, module, tree = tiny
   enc = _encoder_inputs(np.random.default_rng(2), config.vocab_size, [10, 3, 7], 10)
   alpha, max_len = 0.6, 12
-  tokens, scores = jax.jit(decoding.beam_search, static_argnums=(0, 3, 4, 5))(
-      module, tree, jnp.asarray(enc), max_len, 4, alpha)
+  search = jax.jit(decoding.beam_search, static_argnums=(0, 3, 4, 5, 6, 7, 8))
+  # T5X's rule: a row with a finished beam returns only finished beams (penalised), the
+  # empty slots at NEG_INF; a row with none returns its live beams' raw log-probabilities.
+  tokens, scores = search(module, tree, jnp.asarray(enc), max_len, 4, alpha, 1, False, "t5x")
+  tokens, scores = np.asarray(tokens), np.asarray(scores)
+  any_finished = (tokens == 1).any(axis=(1, 2))
+  for b in range(4):
+    recomputed = _teacher_forced_scores(config, tree, jnp.asarray(enc), jnp.asarray(tokens[:, b]))
+    finished = (tokens[:, b] == 1).any(axis=1)
+    lengths = np.array([list(r).index(1) + 1 if 1 in r else max_len for r in tokens[:, b]])
+    filler = any_finished & ~finished
+    assert np.all(scores[filler, b] <= decoding.NEG_INF / 2) and not tokens[filler, b].any()
+    expected = np.where(finished,
+                        recomputed / np.asarray(decoding.brevity_penalty(lengths, alpha)),
+                        recomputed)
+    np.testing.assert_allclose(scores[~filler, b], expected[~filler], rtol=1e-4, atol=1e-4)
+  # HF's rule: finished and unfinished beams ranked together, all penalised.
+  tokens, scores = search(module, tree, jnp.asarray(enc), max_len, 4, alpha, 1, False, "hf")
   tokens, scores = np.asarray(tokens), np.asarray(scores)
   assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
   for b in range(4):

@@ -149,41 +149,82 @@ def brevity_penalty(length: jax.Array | int, alpha: float) -> jax.Array:
   return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
+SCORE_RULES = ("t5x", "hf")
+
+
 def beam_search(module: Transformer, params: Any, encoder_input_tokens: jax.Array,
                 max_length: int, beam_size: int = 4, alpha: float = 0.6, eos_id: int = EOS_ID,
-                forbid_pad: bool = False) -> tuple[jax.Array, jax.Array]:
+                forbid_pad: bool = False, score_rule: str = "t5x") -> tuple[jax.Array, jax.Array]:
   """Beam search with the cache: (tokens (batch, beam, max_length), scores (batch, beam)).
 
-  Beams come best first. A beam's score is its sum log-probability (EOS included)
-  divided by ``brevity_penalty(length, alpha)`` (T5X's default alpha 0.6; 0 = plain
-  sum). Each step expands every live beam, keeps the 2k best candidates, sends those
-  ending in EOS to the finished set and the best k others on; at ``max_length`` the
-  still-live beams compete with the finished ones (as HF's beam search does). The
-  loop stops early once no live beam can beat the k-th finished one. The encoder runs
-  once per example; the cache rows are reordered to follow their beams.
+  Beams come best first (T5X returns them worst first; its best is ``[:, -1]``, ours
+  ``[:, 0]``). The encoder runs once per example; the cache rows are reordered to
+  follow their beams. The search itself, and what ``score_rule`` selects, is
+  :func:`beam_search_loop`.
   """
   if beam_size < 1:
     raise ValueError(f"beam_size must be >= 1, got {beam_size}.")
-  batch, k = encoder_input_tokens.shape[0], beam_size
+  k = beam_size
   encoded = _encode(module, params, encoder_input_tokens)
   encoded = jnp.repeat(encoded, k, axis=0)
   enc_tokens = jnp.repeat(encoder_input_tokens, k, axis=0)
   cache = init_cache(module, params, encoded, enc_tokens, max_length)
-  max_penalty = brevity_penalty(max_length, alpha)
+
+  def tokens_to_logits(cache, prev, position):
+    return decode_step(module, params, cache, encoded, enc_tokens, prev, position)
+
+  return beam_search_loop(tokens_to_logits, cache, encoder_input_tokens.shape[0], max_length,
+                          beam_size, alpha, eos_id, forbid_pad, score_rule)
+
+
+def beam_search_loop(tokens_to_logits: Any, cache: Any, batch: int, max_length: int,
+                     beam_size: int = 4, alpha: float = 0.6, eos_id: int = EOS_ID,
+                     forbid_pad: bool = False,
+                     score_rule: str = "t5x") -> tuple[jax.Array, jax.Array]:
+  """Beam search over any next-token function: (tokens (batch, beam, max_length), scores).
+
+  ``tokens_to_logits(cache, prev, position)`` maps the previous token of every beam
+  (``batch * beam_size`` rows, beam-major within each example; 0 = decoder start) to
+  next-token logits ``(batch * beam_size, vocab)`` and the new cache. Every cache
+  array whose leading axis is ``batch * beam_size`` is reordered to follow its beam.
+
+  Each step expands every live beam, keeps the 2k best candidates, sends those ending
+  in EOS to the finished set with score ``sum log-prob / brevity_penalty(length,
+  alpha)`` and the best k others on (T5X's ``decoding.beam_search``). The loop stops
+  after ``max_length`` steps, or once every example has k finished beams and none can
+  be beaten by a live beam (bound: best live log-prob / ``brevity_penalty(max_length +
+  1)``, T5X's ``beam_search_loop_cond_fn``). What comes back depends on ``score_rule``:
+
+  - ``"t5x"`` (default, T5X's ``beam_search`` end): an example with at least one
+    finished beam returns only its finished beams with their penalised scores; slots
+    no finished beam filled have score ``NEG_INF`` and tokens 0. An example with no
+    finished beam returns its live beams with their raw sum log-probabilities, no
+    brevity penalty.
+  - ``"hf"`` (HF ``generate``'s rule): live beams that reached ``max_length`` are
+    divided by the brevity penalty too and ranked together with the finished ones.
+  """
+  if score_rule not in SCORE_RULES:
+    raise ValueError(f"score_rule must be one of {SCORE_RULES}, got {score_rule!r}.")
+  if beam_size < 1:
+    raise ValueError(f"beam_size must be >= 1, got {beam_size}.")
+  k = beam_size
+  # T5X extends max_decode_len by its dummy start token before taking this bound.
+  max_penalty = brevity_penalty(max_length + 1, alpha)
 
   def gather(x, idx):  # x (batch, n, ...), idx (batch, m) -> (batch, m, ...)
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
   def cond(state):
-    i, _, _, alive_logp, _, fin_score = state
-    best_alive = jnp.max(alive_logp, axis=1) / max_penalty
-    return (i < max_length) & jnp.any(best_alive > jnp.min(fin_score, axis=1))
+    i, _, _, alive_logp, _, fin_score, fin_flag = state
+    best_alive = jnp.max(alive_logp, axis=1, keepdims=True) / max_penalty
+    worst_fin = jnp.where(fin_flag, jnp.min(fin_score, axis=1, keepdims=True), NEG_INF)
+    return (i < max_length) & ~jnp.all(worst_fin > best_alive)
 
   def body(state):
-    i, cache, alive_seq, alive_logp, fin_seq, fin_score = state
+    i, cache, alive_seq, alive_logp, fin_seq, fin_score, fin_flag = state
     prev = jnp.where(i == 0, 0, jax.lax.dynamic_index_in_dim(alive_seq, jnp.maximum(i - 1, 0), 2,
                                                                keepdims=False))
-    logits, cache = decode_step(module, params, cache, encoded, enc_tokens, prev.reshape(-1), i)
+    logits, cache = tokens_to_logits(cache, prev.reshape(-1), i)
     logp = _log_probs(logits, forbid_pad)
     vocab = logp.shape[-1]
     cand = (alive_logp[:, :, None] + logp.reshape(batch, k, vocab)).reshape(batch, k * vocab)
@@ -199,17 +240,27 @@ def beam_search(module: Transformer, params: Any, encoder_input_tokens: jax.Arra
     rows = (jnp.arange(batch)[:, None] * k + gather(src_beam, live_idx)).reshape(-1)
     cache = jax.tree_util.tree_map(
         lambda x: x[rows] if x.ndim and x.shape[0] == batch * k else x, cache)
-    done_scores = jnp.where(is_eos & valid, top_scores / brevity_penalty(i + 1, alpha), NEG_INF)
+    new_fin = is_eos & valid
+    done_scores = jnp.where(new_fin, top_scores / brevity_penalty(i + 1, alpha), NEG_INF)
     fin_score, fin_idx = jax.lax.top_k(jnp.concatenate([fin_score, done_scores], 1), k)
     fin_seq = gather(jnp.concatenate([fin_seq, seqs], 1), fin_idx)
-    return i + 1, cache, alive_seq, alive_logp, fin_seq, fin_score
+    fin_flag = gather(jnp.concatenate([fin_flag, new_fin], 1), fin_idx)
+    return i + 1, cache, alive_seq, alive_logp, fin_seq, fin_score, fin_flag
 
   alive_logp = jnp.full((batch, k), NEG_INF, jnp.float32).at[:, 0].set(0.0)  # one live beam
   seqs = jnp.zeros((batch, k, max_length), jnp.int32)
   fin_score = jnp.full((batch, k), NEG_INF, jnp.float32)
-  state = (jnp.asarray(0), cache, seqs, alive_logp, seqs, fin_score)
-  i, _, alive_seq, alive_logp, fin_seq, fin_score = jax.lax.while_loop(cond, body, state)
-  # Live beams that reached max_length compete with the finished ones.
+  fin_flag = jnp.zeros((batch, k), bool)
+  state = (jnp.asarray(0), cache, seqs, alive_logp, seqs, fin_score, fin_flag)
+  i, _, alive_seq, alive_logp, fin_seq, fin_score, fin_flag = jax.lax.while_loop(
+      cond, body, state)
+  if score_rule == "t5x":
+    any_fin = jnp.any(fin_flag, axis=1)
+    scores = jnp.where(any_fin[:, None], jnp.where(fin_flag, fin_score, NEG_INF), alive_logp)
+    tokens = jnp.where(any_fin[:, None, None], jnp.where(fin_flag[..., None], fin_seq, 0),
+                       alive_seq)
+    return tokens, scores
+  # HF: live beams that reached max_length compete with the finished ones.
   live = jnp.where(alive_logp > NEG_INF / 2, alive_logp / brevity_penalty(i, alpha), NEG_INF)
   live = jnp.where(i >= max_length, live, NEG_INF)
   scores, idx = jax.lax.top_k(jnp.concatenate([fin_score, live], 1), k)
