@@ -163,6 +163,39 @@ def test_export_hf_from_a_t5x_checkpoint(tmp_path):
   assert f"step {STEP}" in (out / "README.md").read_text()
 
 
+@pytest.mark.parametrize("layout", ["legacy", "orbax-folders"])
+def test_parameters_load_whatever_adafactor_factoring_wrote_the_checkpoint(tmp_path, layout):
+  """A T5X checkpoint saved with min_dim_size_to_factor=16 (T5X's default is 128): its optimizer
+  slots have other shapes than our default Adafactor's (v_row/v_col instead of v). Eval, infer,
+  select-checkpoint and export-hf need the parameters only, so they must load it; training from
+  it (the full state) must still refuse, naming the slot."""
+  from xmtf_pipeline import evaluation
+  from xmtf_pipeline.adafactor import Adafactor
+
+  tree = random_params(TINY, 3)
+  slots = Adafactor(min_dim_size_to_factor=16).init(tree)["param_states"]
+  wi = "encoder/layers_0/mlp/wi_0/kernel"
+  assert params.flatten(slots)[f"{wi}/v_row"].shape != (1,), "the fixture must factor differently"
+  assert params.flatten(Adafactor().init(tree)["param_states"])[f"{wi}/v_row"].shape == (1,)
+  state = {"target": tree, "state": {"step": np.asarray(STEP, np.int32), "param_states": slots}}
+  ckpt = str(tmp_path / f"checkpoint_{STEP}")
+  (write_legacy if layout == "legacy" else write_t5x_orbax_folders)(ckpt, state)
+  expected = params.flatten((_expected(state) if layout == "legacy" else state)["target"])
+
+  got = params.flatten(jax.tree_util.tree_map(np.asarray, evaluation.load_params(ckpt, TINY)))
+  assert sorted(got) == sorted(expected)
+  for name, value in expected.items():
+    assert got[name].tobytes() == np.asarray(value, np.float32).tobytes(), name
+  with pytest.raises(t5x_import.T5XCheckpointError, match=r"v_row has shape \(64,\) but the optimizer"):
+    checkpoint_formats.restore_initial(ckpt, TINY, train_target(TINY))
+  out = tmp_path / "hf"
+  assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(out),
+                   "--spm_model", SPM]) == 0
+  weights = load_file(str(out / "model.safetensors"))
+  for key, value in hf_mapping.iter_t5x_to_hf(expected):
+    assert weights[key].tobytes() == np.asarray(value).tobytes(), key
+
+
 # --------------------------------------------------------------------------- bad input
 
 

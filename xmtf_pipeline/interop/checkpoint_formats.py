@@ -84,32 +84,35 @@ def restore_initial(path: str, config: T5Config, target: Any, params_only: bool 
   gs:// (their params, Adafactor state and step, as T5X's own restore).
   The parameter tree is checked against the model config first, so a checkpoint
   of another size fails naming the first mismatching parameter and both shapes.
-  ``params_only`` (evaluation): our checkpoints' optimizer state is restored as
-  saved, whatever Adafactor configuration wrote it.
+  ``params_only`` (evaluation, inference, selection): the parameters and the step
+  only, whatever optimizer configuration wrote the checkpoint (T5X's factoring settings,
+  momentum): T5X checkpoints' optimizer slots are neither checked nor read, ours are
+  restored as saved and dropped by the caller.
   """
   if hf_import.is_hf_dir(path):
     return hf_import.restore_state(path, config, target)
   if path.startswith("gs://"):
-    return t5x_import.restore_state(path, config, target)
+    return t5x_import.restore_state(path, config, target, params_only)
   try:
     _, location = t5x_import.detect_layout(path)
   except checkpoints.CheckpointError:
     location = None  # not a checkpoint at all: the message below says what is expected
   if location is not None and not t5x_import.is_own_orbax_checkpoint(location.path):
-    return t5x_import.restore_state(location.path, config, target)
+    return t5x_import.restore_state(location.path, config, target, params_only)
   directory, step = _checkpoint_step_dir(path)
+  step_dir = f"{directory}/{checkpoints.STEP_PREFIX}_{step}"
   mngr = checkpoints.manager(directory, create=False)
   try:
     meta = mngr.item_metadata(step)["state"]
   except Exception as e:
-    previous = checkpoints.previous_checkpoint(os.path.join(directory, f"{checkpoints.STEP_PREFIX}_{step}"))
+    previous = checkpoints.previous_checkpoint(step_dir)
     raise checkpoints.CheckpointError(
-        f"{directory}/{checkpoints.STEP_PREFIX}_{step} is not a readable checkpoint ({type(e).__name__}: "
-        f"{checkpoints.first_line(e)})" + (f"; use the previous checkpoint {previous}." if previous
-                                else ".")) from None
+        f"{step_dir} is not a readable checkpoint ({type(e).__name__}: "
+        f"{checkpoints.first_line(e)})"
+        + (f"; use the previous checkpoint {previous}." if previous else ".")) from None
   tree = getattr(meta, "tree", meta)
   if not isinstance(tree, dict) or "target" not in tree:
-    raise checkpoints.CheckpointError(f"{directory}/{checkpoints.STEP_PREFIX}_{step} has no 'target' parameters.")
+    raise checkpoints.CheckpointError(f"{step_dir} has no 'target' parameters.")
   shapes = jax.tree_util.tree_map(lambda m: _Shaped(tuple(m.shape)), dict(tree["target"]))
   params_lib.check_params(shapes, config, source=f"INITIAL_CHECKPOINT_PATH {path}")
   saved_state = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
@@ -117,12 +120,12 @@ def restore_initial(path: str, config: T5Config, target: Any, params_only: bool 
   if params_only:
     target = {"target": target["target"], "state": saved_state}
   else:
-    _check_optimizer_state(saved_state, target["state"], f"{directory}/{checkpoints.STEP_PREFIX}_{step}")
+    _check_optimizer_state(saved_state, target["state"], step_dir)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))
   except Exception as e:  # the metadata read, an array did not: truncated or damaged files
-    raise damaged(os.path.join(directory, f"{checkpoints.STEP_PREFIX}_{step}"), e) from None
+    raise damaged(step_dir, e) from None
   return restored["state"]
 
 

@@ -401,12 +401,14 @@ def _preview(names: list[str], n: int = 5) -> str:
 
 
 def state_from_reader(reader: CheckpointReader, config: T5Config, target: Any,
-                      source: str | None = None) -> dict[str, Any]:
+                      source: str | None = None, params_only: bool = False) -> dict[str, Any]:
   """The full train state (params, Adafactor state, step) shaped like ``target``.
 
   Checks everything before reading any data: the parameters against the model
   config (ParamMismatchError naming the first mismatch), then that every
   optimizer slot and the step exist with the shapes our Adafactor expects.
+  ``params_only``: ``{'target': params, 'state': {'step': step}}``; the optimizer slots,
+  whatever Adafactor settings (factoring, momentum) wrote them, are neither checked nor read.
   """
   source = source or f"T5X checkpoint {reader.path}"
   got_params = reader.shapes("target")
@@ -415,6 +417,8 @@ def state_from_reader(reader: CheckpointReader, config: T5Config, target: Any,
                              "is this a train-state checkpoint?")
   params_lib.check_params({p: _Shaped(s) for p, s in got_params.items()}, config, source=source)
   want = params_lib.flatten(target)
+  if params_only:
+    want = {n: like for n, like in want.items() if n.startswith("target/") or n == "state/step"}
   missing = sorted(n for n in want if n not in reader.entries)
   if missing:
     raise T5XCheckpointError(
@@ -429,18 +433,22 @@ def state_from_reader(reader: CheckpointReader, config: T5Config, target: Any,
           f"{source}: {name} has shape {got} but the optimizer expects {tuple(like.shape)} "
           "(another Adafactor configuration, e.g. factored=False or beta1 set?).")
   extra = sorted(n for n in reader.entries if n not in want and n.startswith("state/"))
-  if extra:
+  if extra and not params_only:
     log.warning("%s: ignoring %d optimizer arrays the model does not use: %s", source,
                 len(extra), _preview(extra))
   out = {name: place_entry(reader.entries[name], like) for name, like in want.items()}
   return params_lib.unflatten(out)
 
 
-def restore_state(path: str, config: T5Config, target: Any) -> dict[str, Any]:
-  """INITIAL_CHECKPOINT_PATH hook for native T5X checkpoints: params, Adafactor state, step."""
+def restore_state(path: str, config: T5Config, target: Any,
+                  params_only: bool = False) -> dict[str, Any]:
+  """INITIAL_CHECKPOINT_PATH hook for native T5X checkpoints: params, Adafactor state, step
+  (``params_only``: params and step; see state_from_reader)."""
   reader = open_checkpoint(path)
-  state = state_from_reader(reader, config, target, f"INITIAL_CHECKPOINT_PATH {path}")
-  print(f"Restored {reader.layout} checkpoint {reader.path}: parameters, Adafactor state and "
+  state = state_from_reader(reader, config, target, f"INITIAL_CHECKPOINT_PATH {path}",
+                            params_only)
+  what = "parameters" if params_only else "parameters, Adafactor state"
+  print(f"Restored {reader.layout} checkpoint {reader.path}: {what} and "
         f"step {int(np.asarray(state['state']['step']))}.", flush=True)
   return state
 
