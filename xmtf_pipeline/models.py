@@ -86,6 +86,10 @@ class EncoderDecoderModel:
         "z_loss": z_loss,
         "correct_tokens": jnp.sum(correct),
         "real_target_tokens": jnp.sum(real),
+        # T5X's metric mask is the loss weights it used (normalised under
+        # AVERAGE_PER_SEQUENCE); without weights, every target position counts.
+        "loss_weight_sum": (jnp.sum(jnp.asarray(weights, jnp.float32)) if weights is not None
+                            else jnp.asarray(targets.size, jnp.float32)),
         "total_target_tokens": jnp.asarray(targets.size, jnp.float32),
         "real_input_tokens": jnp.sum(jnp.asarray(batch["encoder_input_tokens"] > 0, jnp.float32)),
         "total_input_tokens": jnp.asarray(batch["encoder_input_tokens"].size, jnp.float32),
@@ -104,18 +108,30 @@ class EncoderDecoderModel:
 
 
 def metrics_from_stats(stats: Mapping[str, Any]) -> dict[str, float]:
-  """T5X-named scalars from summed statistics."""
+  """T5X-named scalars from summed statistics (``t5x/models.py`` ``compute_base_metrics``).
+
+  T5X passes the loss weights it trained with as the metric ``mask``, so
+  ``loss_per_nonpadding_target_token`` = loss / Σ weights and
+  ``non_padding_fraction/loss_weights`` = Σ weights / target positions. Under
+  AVERAGE_PER_SEQUENCE the weights are normalised per sequence, so Σ weights is the
+  number of (non-empty) sequences, not of tokens. ``loss_per_real_target_token``
+  (ours, not a T5X name) divides by the real target tokens instead.
+  """
   real = max(float(stats["real_target_tokens"]), 1.0)
+  total = max(float(stats["total_target_tokens"]), 1.0)
   loss = float(stats["loss"])
   z = float(stats["z_loss"])
+  weight_sum = float(stats.get("loss_weight_sum", stats["real_target_tokens"]))
   return {
       "loss": loss,
       "cross_ent_loss": loss - z,
       "z_loss": z,
       "accuracy": float(stats["correct_tokens"]) / real,
-      "loss_per_nonpadding_target_token": loss / real,
-      "loss_per_all_target_tokens": loss / max(float(stats["total_target_tokens"]), 1.0),
-      "non_padding_fraction/decoder": real / max(float(stats["total_target_tokens"]), 1.0),
+      "loss_per_nonpadding_target_token": loss / weight_sum if weight_sum else float("nan"),
+      "loss_per_real_target_token": loss / real,
+      "loss_per_all_target_tokens": loss / total,
+      "non_padding_fraction/loss_weights": weight_sum / total,
+      "non_padding_fraction/decoder": real / total,
       "non_padding_fraction/encoder": (float(stats["real_input_tokens"])
                                        / max(float(stats["total_input_tokens"]), 1.0)),
   }
