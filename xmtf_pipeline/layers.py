@@ -26,7 +26,19 @@ Initializer = Callable[..., Array]
 # T5X's large negative value for masked attention logits.
 MASK_VALUE = -1e10
 
+# T5X's initialisers, family by family (t5x/examples/t5/layers.py and network.py; the
+# mT5 gins set none of them). Kernels are (in, out), so fan_in is the contracted size.
+# DenseGeneral and MlpBlock (wi_0, wi_1, wo) and the untied logits_dense: a normal
+# truncated at 2 standard deviations, rescaled to std sqrt(1 / fan_in).
 default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+# MultiHeadDotProductAttention.kernel_init (query, key, value, out): an untruncated
+# normal of std sqrt(1 / fan_in); the query's is further divided by sqrt(head_dim).
+attention_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+# network.Transformer's token_embedder: normal(stddev=1.0) (not layers.Embed's default).
+token_embedding_init = nn.initializers.normal(stddev=1.0)
+# network.Encoder/Decoder relpos_bias, table (heads, buckets): uniform, fan_avg.
+relpos_embedding_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+# LayerNorm scale: ones. No layer has a bias.
 
 
 def _canonicalize_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
@@ -103,7 +115,7 @@ class Embed(nn.Module):
   num_embeddings: int
   features: int
   dtype: DType = jnp.float32
-  embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+  embedding_init: Initializer = token_embedding_init
 
   def setup(self):
     self.embedding = param(self, "embedding", self.embedding_init,
@@ -150,7 +162,7 @@ class RelativePositionBiases(nn.Module):
   num_buckets: int = 32
   max_distance: int = 128
   dtype: DType = jnp.float32
-  embedding_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+  embedding_init: Initializer = relpos_embedding_init
 
   @nn.compact
   def __call__(self, qlen: int, klen: int, bidirectional: bool, query_offset: Array | int = 0
@@ -254,20 +266,23 @@ class MultiHeadAttention(nn.Module):
   # shared by all queries, has no fused equivalent); elsewhere the einsum path runs.
   implementation: str = "einsum"
   causal: bool = False  # decoder self-attention (fused kernels with lengths need to know)
+  kernel_init: Initializer = attention_kernel_init
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | PaddingMask | None,
                bias: Array | None, deterministic: bool, decode: bool = False) -> Array:
-    depth_scaling = jnp.sqrt(self.head_dim).astype(jnp.float32)
+    # As T5X: sqrt(head_dim) rounded to the compute dtype (exact for 64), the float32
+    # kernel divided by it.
+    depth_scaling = jnp.sqrt(self.head_dim).astype(self.dtype)
 
     def query_init(*args):
-      return default_kernel_init(*args) / depth_scaling
+      return self.kernel_init(*args) / depth_scaling
 
     proj = functools.partial(DenseGeneral, features=(self.num_heads, self.head_dim),
                              kernel_axes=(axes.EMBED, axes.JOINED_KV), dtype=self.dtype)
     query = proj(kernel_init=query_init, name="query")(inputs_q)
-    key = proj(name="key")(inputs_kv)
-    value = proj(name="value")(inputs_kv)
+    key = proj(kernel_init=self.kernel_init, name="key")(inputs_kv)
+    value = proj(kernel_init=self.kernel_init, name="value")(inputs_kv)
     head_axes = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV)
     query, key, value = (constrain(t, head_axes) for t in (query, key, value))
 
@@ -293,7 +308,7 @@ class MultiHeadAttention(nn.Module):
       out = self._einsum_attention(query, key, value, mask, bias, dropout)
     out = constrain(out, head_axes)
     return DenseGeneral(inputs_q.shape[-1], axis=(-2, -1), kernel_axes=(axes.JOINED_KV, axes.EMBED),
-                        dtype=self.dtype, name="out")(out)
+                        dtype=self.dtype, kernel_init=self.kernel_init, name="out")(out)
 
   def _einsum_attention(self, query: Array, key: Array, value: Array, mask: Array | None,
                         bias: Array | None, dropout: bool) -> Array:
