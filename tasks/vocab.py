@@ -1,15 +1,26 @@
 """SentencePiece vocabularies: mT5's (swappable by one gin binding or env var) and the sample's.
 
 Tasks are registered at import, before gin bindings are parsed, so the mT5 vocabulary resolves its
-path lazily, on first use: ``tasks.vocab.mt5_vocabulary_config.path`` (gin), else ``MT5_SPM_PATH``
-(env), else mT5's GCS model. The model gin can use the same object, so one binding swaps both:
+path lazily, on first use: ``tasks.vocab.mt5_vocabulary_config.path`` (gin; ``--spm_model``), else
+the checkpoint folder's own model (``xmtf eval``/``infer`` on a Hugging Face folder's
+``spiece.model``, see use_checkpoint_vocabulary), else ``MT5_SPM_PATH`` (env), else mT5's GCS
+model. The model gin can use the same object, so one binding swaps both:
 
     VOCABULARY = @tasks.vocab.mt5_vocabulary()
     tasks.vocab.mt5_vocabulary_config.path = '/data/mt5/sentencepiece.model'
+
+Sentinels (extra ids): ``tasks.vocab.mt5_vocabulary_config.extra_ids`` (gin), else the checkpoint
+folder's declaration (``tokenizer_config.json`` ``extra_ids``), else read from the model file: 0
+when it already holds ``<extra_id_0>`` (mT5's 250,000 + 100 = 250,100 pieces; HF's
+``vocab_size`` 250,112 is that rounded up to a multiple of 128, so ``vocab_size`` - pieces = 12
+are padding rows, not sentinels), else T5's 100 appended after the pieces. Whether they fit is
+checked against the model's embeddings (evaluation.check_vocabulary).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from pathlib import Path
 
@@ -33,13 +44,88 @@ class VocabularyError(ValueError):
   """A vocabulary path that cannot be used; the message says which setting to change."""
 
 
+# The checkpoint folder's SentencePiece model: (path, extra ids or None, where it was found).
+_checkpoint_vocabulary: tuple[str, int | None, str] | None = None
+
+
+def use_checkpoint_vocabulary(path: str | None, extra_ids: int | None = None,
+                              note: str = "") -> None:
+  """The evaluated checkpoint's own model (e.g. an HF folder's spiece.model), or None to forget it.
+
+  It is used when no gin binding names a vocabulary, before ``MT5_SPM_PATH`` and GCS;
+  ``note`` says where it was found when that is not the path itself.
+  """
+  global _checkpoint_vocabulary
+  _checkpoint_vocabulary = (path, extra_ids, note) if path else None
+
+
 @gin.configurable(module="tasks.vocab")
-def mt5_vocabulary_config(path: str | None = None, extra_ids: int | None = None):
-  """(path, extra_ids) of the mT5-family vocabulary: gin, then ``MT5_SPM_PATH``, then GCS."""
-  resolved = path or os.environ.get(MT5_SPM_ENV) or MT5_SPM_GCS
-  if extra_ids is None:
-    extra_ids = SAMPLE_EXTRA_IDS if _same_file(resolved, SAMPLE_SPM) else MT5_EXTRA_IDS
-  return resolved, extra_ids
+def mt5_vocabulary_config(path: str | None = None, extra_ids: int | None = None,
+                          describe: bool = False):
+  """(path, extra_ids) of the mT5-family vocabulary (the module docstring has the order).
+
+  With ``describe``: (path, extra_ids, one phrase saying where each came from).
+  """
+  folder = _checkpoint_vocabulary
+  if path:
+    source = "set by --spm_model / tasks.vocab.mt5_vocabulary_config.path"
+  elif folder:
+    source = "the checkpoint's own" + (f", {folder[2]}" if folder[2] else "")
+    if os.environ.get(MT5_SPM_ENV):
+      source += f"; env {MT5_SPM_ENV} is not used"
+  elif os.environ.get(MT5_SPM_ENV):
+    source = f"from env {MT5_SPM_ENV}"
+  else:
+    source = "mT5's default on GCS"
+  resolved = path or (folder and folder[0]) or os.environ.get(MT5_SPM_ENV) or MT5_SPM_GCS
+  if extra_ids is not None:
+    how = "extra_ids from gin tasks.vocab.mt5_vocabulary_config.extra_ids"
+  elif folder and resolved == folder[0] and folder[1] is not None:
+    extra_ids, how = folder[1], "extra_ids declared in the folder's tokenizer_config.json"
+  else:
+    extra_ids, how = infer_extra_ids(resolved)
+  return (resolved, extra_ids, f"{source}; {extra_ids} {how}") if describe else (resolved,
+                                                                                 extra_ids)
+
+
+def infer_extra_ids(path: str) -> tuple[int, str]:
+  """(sentinels to append to the model file at ``path``, why): 0 if it holds them, else 100.
+
+  Remote files other than mT5's and unreadable local ones are not opened: 0, mT5's convention
+  (a missing file fails later, naming the setting).
+  """
+  if _same_file(path, SAMPLE_SPM):
+    return SAMPLE_EXTRA_IDS, "extra ids appended (the bundled sample model has no sentinels)"
+  if "://" in path:
+    return MT5_EXTRA_IDS, "extra ids (a remote mT5-family model holds its 100 sentinels)"
+  try:
+    pieces, has_sentinels = _spm_pieces(str(Path(path).resolve()), os.path.getmtime(path))
+  except (OSError, RuntimeError):
+    return MT5_EXTRA_IDS, "extra ids (the model file could not be read)"
+  if has_sentinels:
+    return 0, f"extra ids appended (its {pieces:,} pieces include the sentinels <extra_id_0>...)"
+  return 100, f"extra ids appended after its {pieces:,} pieces (it holds no sentinels; T5's 100)"
+
+
+@functools.lru_cache(maxsize=16)
+def _spm_pieces(path: str, mtime: float) -> tuple[int, bool]:
+  """(pieces, whether <extra_id_0> is one of them) of a SentencePiece model file."""
+  import sentencepiece as spm
+
+  sp = spm.SentencePieceProcessor(model_file=path)
+  unk = sp.unk_id()
+  has = any(sp.piece_to_id(p) != unk for p in ("<extra_id_0>", "\u2581<extra_id_0>"))
+  return sp.get_piece_size(), has
+
+
+def declared_extra_ids(folder: str) -> int | None:
+  """``extra_ids`` of an HF folder's tokenizer_config.json (HF's T5Tokenizer writes it), if any."""
+  try:
+    with open(os.path.join(folder, "tokenizer_config.json")) as f:
+      value = json.load(f).get("extra_ids")
+  except (OSError, ValueError, AttributeError):
+    return None
+  return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _same_file(path: str, other: Path) -> bool:
@@ -123,6 +209,7 @@ def mt5_vocabulary() -> seqio.Vocabulary:
   return _MT5
 
 
+@gin.configurable(module="tasks.vocab")
 def sample_vocabulary() -> seqio.SentencePieceVocabulary:
   """The bundled sample's tiny vocabulary (400 pieces + 100 sentinels = 500 ids)."""
   return seqio.SentencePieceVocabulary(str(SAMPLE_SPM), extra_ids=SAMPLE_EXTRA_IDS)

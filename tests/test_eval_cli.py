@@ -148,3 +148,86 @@ def test_run_suite_is_the_demo_hook(run_dir):
                                datasets=("copa", "rte"), max_examples=4)
   assert table.splitlines()[0].startswith("| dataset | config | median over prompts")
   assert "| rte | rte |" in table and "| copa | copa |" in table and "64.26" in table
+
+
+@pytest.mark.parametrize("command,wanted", [
+    ("eval", ["--checkpoint", "CHECKPOINT_PATH", "Hugging Face", "T5X", "--output_dir",
+              "EVAL_OUTPUT_DIR", "--suite", "MIXTURE_OR_TASK_NAME", "--data_dir", "DATA_DIR",
+              "--spm_model", "mt5_vocabulary_config.path", "--batch_size", "BATCH_SIZE",
+              "--max_examples", "EVALUATOR_NUM_EXAMPLES", "results.json", "results.md",
+              "model_index.yaml", "charts/",
+              "xmtf eval --checkpoint mt0-small --suite heldout_bundled --output_dir",
+              "--gin_file=runs/eval.gin"]),
+    ("infer", ["--checkpoint", "CHECKPOINT_PATH", "--output_dir", "INFER_OUTPUT_DIR",
+               "--input_file", "INPUT_FILE", "--task", "--mode", "INFER_MODE", "--decoding",
+               "--spm_model", "--batch_size", "--max_examples", "INFER_NUM_EXAMPLES",
+               "<input name>-<mode>.jsonl-00000-of-00001",
+               "xmtf infer --checkpoint"]),
+    ("select-checkpoint", ["--model_dir", "--suite", "--data_dir", "--spm_model",
+                           "--batch_size", "--max_examples", "selection.json",
+                           "xmtf select-checkpoint --model_dir"]),
+])
+def test_help_says_what_the_command_does_and_its_settings(command, wanted, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main([command, "--help"])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert "Train or finetune" not in out
+  flat = " ".join(out.split())  # argparse wraps the per-flag help
+  missing = [w for w in wanted if w not in flat]
+  assert not missing, out
+
+
+def _macros_after(bindings: list[str]) -> dict:
+  from tasks import vocab  # noqa: F401  (registers tasks.vocab for the query)
+  gin_config.parse(["models/mt5_tiny.gin", "runs/eval.gin"], bindings, finalize=False)
+  got = {m: gin_config.evaluate(f"%{m}") for m in (
+      "CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "DATA_DIR", "BATCH_SIZE",
+      "EVALUATOR_NUM_EXAMPLES")}
+  got["spm"] = gin.query_parameter("tasks.vocab.mt5_vocabulary_config.path")
+  gin.clear_config()
+  return got
+
+
+def test_plain_flags_are_the_gin_bindings_of_the_gin_form():
+  from xmtf_pipeline import flags
+  plain = evaluation._eval_plain_flags()
+  parser = flags.build_arg_parser("xmtf eval", "")
+  flags.add_plain_flags(parser, plain)
+  args = parser.parse_args(["--checkpoint", "/ckpt/hf", "--output_dir", "/tmp/out dir",
+                            "--suite", "heldout_bundled", "--data_dir", "/data",
+                            "--spm_model", "/v/spiece.model", "--batch_size", "8",
+                            "--max_examples", "4"])
+  sugar = flags.plain_bindings(args, plain)
+  gin_form = [a.split("=", 1)[1] for a in gin_config.rewrite_gin_args([
+      '--gin.CHECKPOINT_PATH="/ckpt/hf"', '--gin.EVAL_OUTPUT_DIR="/tmp/out dir"',
+      '--gin.MIXTURE_OR_TASK_NAME="heldout_bundled"', '--gin.DATA_DIR="/data"',
+      '--gin.tasks.vocab.mt5_vocabulary_config.path="/v/spiece.model"', "--gin.BATCH_SIZE=8",
+      "--gin.EVALUATOR_NUM_EXAMPLES=4"])]
+  assert [b.split("=", 1)[0].strip() for b in sugar] == [b.split("=", 1)[0].strip()
+                                                         for b in gin_form]
+  assert _macros_after(sugar) == _macros_after(gin_form) == {
+      "CHECKPOINT_PATH": "/ckpt/hf", "EVAL_OUTPUT_DIR": "/tmp/out dir",
+      "MIXTURE_OR_TASK_NAME": "heldout_bundled", "DATA_DIR": "/data", "BATCH_SIZE": 8,
+      "EVALUATOR_NUM_EXAMPLES": 4, "spm": "/v/spiece.model"}
+
+
+def test_plain_flag_and_its_gin_binding_together_fail(capsys):
+  rc = cli.main(["eval", "--checkpoint", "/a", '--gin.CHECKPOINT_PATH="/b"', "--suite", "copa"])
+  err = capsys.readouterr().err
+  assert rc == 2
+  assert "--checkpoint and --gin.CHECKPOINT_PATH both set CHECKPOINT_PATH" in err
+  assert len(err.strip().splitlines()) == 1
+
+
+def test_plain_flags_on_our_run_dir_need_no_gin_file(run_dir, tmp_path, capsys):
+  """Plain flags alone: runs/eval.gin is implied, --model names the model gin."""
+  out_dir = tmp_path / "eval"
+  rc = cli.main(["eval", "--model", "mt5_tiny", "--checkpoint", f"{run_dir}/checkpoint_10",
+                 "--output_dir", str(out_dir), "--suite", "copa", "--max_examples", "4",
+                 "--batch_size", "4", "--data_dir", str(heldout.BUNDLED_DIR),
+                 "--spm_model", str(heldout.DATA_ROOT.parent / "spm" / "xp3_sample.model")])
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  assert "Vocabulary: " in out and "set by --spm_model" in out
+  assert (out_dir / "results.md").is_file()

@@ -40,3 +40,79 @@ def test_unreadable_remote_vocabulary_is_one_line_with_the_fix(tmp_path, monkeyp
   assert rc == 2
   assert "Cannot read the SentencePiece model xmtf-no-such-scheme://" in err, err
   assert "MT5_SPM_PATH" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+  """An HF folder made by `xmtf export-hf` from a tiny checkpoint trained with the sample
+  vocabulary: config.json, model.safetensors, spiece.model, tokenizer_config.json."""
+  from interop_testlib import save_our_checkpoint
+  root = tmp_path_factory.mktemp("hf")
+  ckpt, _, _ = save_our_checkpoint(str(root / "run"))
+  assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(root / "hf")]) == 0
+  return root / "hf"
+
+
+@pytest.fixture
+def no_default_vocabulary(monkeypatch):
+  """mT5's GCS file and MT5_SPM_PATH are unreachable: using either fails at once, offline."""
+  from tasks import vocab
+  monkeypatch.delenv(vocab.MT5_SPM_ENV, raising=False)
+  monkeypatch.setattr(vocab, "MT5_SPM_GCS", "xmtf-no-such-scheme://t5-data/sentencepiece.model")
+
+
+def test_hf_folder_evaluates_offline_with_its_own_tokenizer(hf_dir, tmp_path, capsys,
+                                                            no_default_vocabulary):
+  rc = cli.main(["eval", "--checkpoint", str(hf_dir), "--suite", "heldout_bundled",
+                 "--output_dir", str(tmp_path / "eval"), "--max_examples", "1"])
+  captured = capsys.readouterr()
+  assert rc == 0, captured.err
+  lines = [line for line in captured.out.splitlines() if line.startswith("Vocabulary: ")]
+  assert lines == [f"Vocabulary: {hf_dir}/spiece.model (the checkpoint's own; 100 extra_ids "
+                   "declared in the folder's tokenizer_config.json)"], captured.out
+  assert f"Model: {hf_dir}/config.json" in captured.out
+  assert (tmp_path / "eval" / "results.md").is_file()
+
+
+def test_explicit_vocabulary_wins_over_the_folders_and_says_so(hf_dir, tmp_path, capsys,
+                                                              no_default_vocabulary):
+  from tasks import vocab
+  rc = cli.main(["eval", "--checkpoint", str(hf_dir), "--suite", "copa", "--max_examples", "1",
+                 "--output_dir", str(tmp_path / "eval"), "--spm_model", str(vocab.SAMPLE_SPM),
+                 "--data_dir", str(heldout.BUNDLED_DIR)])
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  line = next(line for line in out.splitlines() if line.startswith("Vocabulary: "))
+  assert line.startswith(f"Vocabulary: {vocab.SAMPLE_SPM} (set by --spm_model")
+  assert line.endswith(f"it wins over the checkpoint's own {hf_dir}/spiece.model)"), line
+
+
+def test_infer_on_the_hf_folder_uses_its_tokenizer(hf_dir, tmp_path, capsys,
+                                                   no_default_vocabulary):
+  import json
+  src = tmp_path / "prompts.jsonl"
+  src.write_text(json.dumps({"inputs": "Is the sky blue?", "choices": ["Yes", "No"]}) + "\n")
+  rc = cli.main(["infer", "--checkpoint", str(hf_dir), "--input_file", str(src), "--mode",
+                 "score", "--output_dir", str(tmp_path)])
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  assert f"Vocabulary: {hf_dir}/spiece.model (the checkpoint's own" in out
+  row = json.loads((tmp_path / "prompts-score.jsonl-00000-of-00001").read_text())
+  assert row["prediction"] in ("Yes", "No")
+
+
+def test_vocabulary_bigger_than_the_embeddings_is_one_line(hf_dir, tmp_path, capsys,
+                                                           no_default_vocabulary):
+  """400 pieces + the declared 100 extra ids = 500 ids, for a model with 450 embeddings."""
+  import json
+  import shutil
+  small = tmp_path / "hf450"
+  shutil.copytree(hf_dir, small)
+  config = json.loads((small / "config.json").read_text())
+  (small / "config.json").write_text(json.dumps({**config, "vocab_size": 450}))
+  rc = cli.main(["eval", "--checkpoint", str(small), "--suite", "copa",
+                 "--output_dir", str(tmp_path / "eval"), "--data_dir", str(heldout.BUNDLED_DIR)])
+  err = capsys.readouterr().err
+  assert rc == 2
+  assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+  assert "500 ids (400 pieces + 100 extra ids)" in err and "only 450 embeddings" in err, err

@@ -166,10 +166,34 @@ def _model_and_vocab(args: argparse.Namespace):
   return models.EncoderDecoderModel(config), seqio.SentencePieceVocabulary(path, extra_ids=extra)
 
 
+SELECT_DESCRIPTION = """Pick the best checkpoint of a training run's MODEL_DIR by a rank-classification
+validation score: every MODEL_DIR/checkpoint_<step> is evaluated on the suite (as xmtf eval
+does), scored by the mean over (dataset, config) of the median (or max) accuracy over prompts.
+
+What to set:
+  run           --model_dir DIR     the run's MODEL_DIR (holds checkpoint_<step>/, config.gin)
+  suite / tasks --suite NAME        validation suite, dataset(s) or task(s), e.g. copa,cb
+  data folder   --data_dir DIR      local rows (default: HF hub/cache; tasks/data/heldout = the
+                                    bundled rows)
+  vocabulary    --spm_model FILE    default: the run's (MODEL_DIR/config.gin)
+  batch size    --batch_size N      (default 16)
+  max examples  --max_examples N    rows per (dataset, config) (default: all)
+  model         --model NAME        model gin (default: from MODEL_DIR/config.gin)
+
+Example, on the bundled rows:
+  xmtf select-checkpoint --model_dir /runs/mt0 --suite copa,rte \\
+    --data_dir tasks/data/heldout --max_examples 100
+
+Written: the choice, every checkpoint's score and the reason on stdout and in
+MODEL_DIR/validation/<suite>[@max_examples]/selection.json; each checkpoint's scores in
+MODEL_DIR/validation/<suite>[@max_examples]/checkpoint_<step>.json (reused on the next call).
+mT0 selected on validation datasets in neither xP3 nor the held-out suite; selecting on
+held-out test datasets is flagged."""
+
+
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="xmtf select-checkpoint",
-                              description="Pick the best checkpoint of MODEL_DIR by a "
-                                          "rank-classification validation score.")
+  p = argparse.ArgumentParser(prog="xmtf select-checkpoint", description=SELECT_DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model_dir", required=True, help="the run's MODEL_DIR (checkpoint_<step>/)")
   p.add_argument("--suite", required=True,
                  help="held-out suite, dataset(s) or task(s), e.g. heldout_bundled or copa,cb")

@@ -58,10 +58,13 @@ def check_vocabulary(vocabulary: Any, config: T5Config) -> None:
   """The vocabulary's ids must all have an embedding row in the model."""
   size = int(vocabulary.vocab_size)
   if size > config.vocab_size:
+    extra = getattr(vocabulary, "extra_ids", None)
+    parts = f" ({size - extra:,} pieces + {extra} extra ids)" if isinstance(extra, int) else ""
     raise EvalError(
-        f"The vocabulary has {size:,} ids but the model has only {config.vocab_size:,} embeddings: "
-        "the checkpoint was trained with another vocabulary. Point tasks.vocab."
-        "mt5_vocabulary_config.path (or MT5_SPM_PATH) at the model's SentencePiece file.")
+        f"The vocabulary has {size:,} ids{parts} but the model has only {config.vocab_size:,} "
+        "embeddings: not this checkpoint's vocabulary, or too many extra ids. Point --spm_model "
+        "(tasks.vocab.mt5_vocabulary_config.path) at the model's SentencePiece file, or set "
+        "tasks.vocab.mt5_vocabulary_config.extra_ids.")
 
 
 def load_params(checkpoint_path: str, config: T5Config) -> Any:
@@ -223,23 +226,215 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
   return summary
 
 
+EVAL_DESCRIPTION = """Evaluate a checkpoint on mT0's held-out zero-shot suite by rank classification
+(the summed log-probability of each answer choice, EOS included; T5X's eval.py with
+gin/runs/eval.gin).
+
+What to set (plain flag = its T5X gin form; give one or the other):
+  checkpoint    --checkpoint PATH     = --gin.CHECKPOINT_PATH   our MODEL_DIR[/checkpoint_N], a
+                native T5X checkpoint, or a Hugging Face MT5 folder (config.json,
+                model.safetensors, spiece.model: its model and tokenizer are used as they are)
+  output folder --output_dir DIR      = --gin.EVAL_OUTPUT_DIR
+  suite / tasks --suite NAME          = --gin.MIXTURE_OR_TASK_NAME   heldout, heldout_l1,
+                heldout_bundled (bundled rows, offline), a dataset (xnli, xnli/fr, copa) or a
+                task (heldout_copa_best_option); comma-separated
+  data folder   --data_dir DIR        = --gin.DATA_DIR   local rows (DIR/<dataset>/<config>/
+                <split>.jsonl or HF save_to_disk folders); default: the HF hub/cache
+  vocabulary    --spm_model FILE      = --gin.tasks.vocab.mt5_vocabulary_config.path   default:
+                the checkpoint's own (an HF folder's spiece.model, a run's config.gin), else
+                $MT5_SPM_PATH, else mT5's on GCS; one line says which was used
+  batch size    --batch_size N        = --gin.BATCH_SIZE   (default 32)
+  max examples  --max_examples N      = --gin.EVALUATOR_NUM_EXAMPLES   rows per (dataset,
+                config); default: all
+  model         --model NAME          = --gin_file=models/NAME.gin   default: the HF folder's
+                config.json or the run's MODEL_DIR/config.gin
+Without --gin_file (or with model gins only), gin/runs/eval.gin is used.
+
+Example, the bundled suite (offline) on a Hugging Face folder:
+  huggingface-cli download bigscience/mt0-small --local-dir mt0-small   # once, online
+  xmtf eval --checkpoint mt0-small --suite heldout_bundled --output_dir eval-mt0-small
+The same in T5X form, on a T5X checkpoint:
+  xmtf eval --gin_file=models/mt5_small.gin --gin_file=runs/eval.gin \\
+    --gin.CHECKPOINT_PATH=\\"/ckpts/mt0_small/checkpoint_1025000\\" \\
+    --gin.EVAL_OUTPUT_DIR=\\"eval-mt0-small\\" --gin.MIXTURE_OR_TASK_NAME=\\"heldout_bundled\\"
+
+Written into the output folder: results.json (every prompt's accuracy and the run's settings),
+results.md (the markdown table: median and max over prompts per dataset and config),
+model_index.yaml (the model-index YAML for a Hugging Face model card) and charts/*.png (one
+chart per task cluster); the table is printed too."""
+
+
+def _eval_plain_flags():
+  from xmtf_pipeline.flags import PlainFlag
+  return (
+      PlainFlag("--checkpoint", "CHECKPOINT_PATH",
+                "our MODEL_DIR[/checkpoint_N], a T5X checkpoint or a Hugging Face MT5 folder"),
+      PlainFlag("--output_dir", "EVAL_OUTPUT_DIR",
+                "folder for results.json, results.md, model_index.yaml, charts/"),
+      PlainFlag("--suite", "MIXTURE_OR_TASK_NAME",
+                "heldout, heldout_l1, heldout_bundled, dataset(s) or task(s), comma-separated"),
+      PlainFlag("--data_dir", "DATA_DIR", "local rows (default: HF hub/cache)"),
+      PlainFlag("--spm_model", VOCAB_PATH_BINDING,
+                "SentencePiece model (default: the checkpoint's own, else mT5's)"),
+      PlainFlag("--batch_size", "BATCH_SIZE", "prompts per batch (default 32)", int),
+      PlainFlag("--max_examples", "EVALUATOR_NUM_EXAMPLES",
+                "rows per (dataset, config) (default: all)", int),
+  )
+
+
+VOCAB_PATH_BINDING = "tasks.vocab.mt5_vocabulary_config.path"
+
+
+def _is_model_gin(path: str) -> bool:
+  from xmtf_pipeline import gin_config
+  return (path.replace("\\", "/").startswith("models/")
+          or os.path.dirname(os.path.abspath(path)) == str(gin_config.MODELS_DIR))
+
+
+def _macro_set(name: str) -> bool:
+  import gin
+  values = gin.config._CONFIG.get((name, "gin.macro"))
+  return values is not None and str(values.get("value")) != "%gin.REQUIRED"
+
+
+def _checkpoint_model_dir(checkpoint_path: str) -> str:
+  """MODEL_DIR of ``MODEL_DIR`` or ``MODEL_DIR/checkpoint_N``."""
+  path = os.path.normpath(checkpoint_path)
+  return os.path.dirname(path) if os.path.basename(path).startswith("checkpoint_") else path
+
+
+def _run_config(model_dir: str) -> dict[str, Any]:
+  from xmtf_pipeline.interop import hf_export
+  config_gin = os.path.join(model_dir, "config.gin")
+  if not os.path.isfile(config_gin):
+    return {}
+  with open(config_gin) as f:
+    return hf_export.parse_operative_config(f.read())
+
+
+def _checkpoint_model_config(checkpoint_path: str) -> tuple[T5Config, str] | None:
+  """The architecture a checkpoint names itself: an HF folder's config.json, a run's config.gin."""
+  from xmtf_pipeline.interop import hf_export, hf_import
+  if hf_import.is_hf_dir(checkpoint_path):
+    return (hf_import.t5_config_from_hf(hf_import.read_config(checkpoint_path),
+                                        os.path.join(checkpoint_path, "config.json")),
+            os.path.join(checkpoint_path, "config.json"))
+  model_dir = _checkpoint_model_dir(checkpoint_path)
+  config = hf_export.model_config_from_run(_run_config(model_dir))
+  return (config, os.path.join(model_dir, "config.gin")) if config else None
+
+
+def _bind_model_config(checkpoint_path: str) -> None:
+  """Binds MODEL_CONFIG from the checkpoint's own description when no model gin set it."""
+  import gin
+  found = _checkpoint_model_config(checkpoint_path)
+  if found is None:
+    raise EvalError(
+        f"No model config: {checkpoint_path} is neither a Hugging Face folder (config.json) nor "
+        "in a MODEL_DIR with config.gin. Name the model: --model mt5_large (gin/models/*.gin) or "
+        "--gin_file=models/mt5_large.gin.")
+  config, source = found
+  lines = ["from __gin__ import dynamic_registration", "from xmtf_pipeline import network",
+           "MODEL_CONFIG = @network.T5Config()"]
+  for name in ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers", "num_decoder_layers",
+               "head_dim", "mlp_dim", "relpos_num_buckets", "relpos_max_distance",
+               "layer_norm_epsilon", "dtype"):
+    lines.append(f"MODEL_CONFIG/network.T5Config.{name} = {getattr(config, name)!r}")
+  lines.append("MODEL_CONFIG/network.T5Config.dropout_rate = %DROPOUT_RATE")
+  with gin.unlock_config():
+    gin.parse_config("\n".join(lines))
+  print(f"Model: {source} ({config.num_encoder_layers}+{config.num_decoder_layers} layers, "
+        f"d_model {config.emb_dim}, {config.vocab_size:,} embeddings)", flush=True)
+
+
+def checkpoint_vocabulary(checkpoint_path: str) -> tuple[str, int | None, str] | None:
+  """The SentencePiece model a checkpoint carries: (path, declared extra ids, note) or None.
+
+  An HF folder's ``spiece.model`` (extra ids from its tokenizer_config.json); for our and T5X
+  checkpoints, the run's ``MODEL_DIR/config.gin`` vocabulary, else ``MODEL_DIR/spiece.model``
+  (``xmtf import-hf`` keeps it there).
+  """
+  from tasks import vocab as vocab_lib
+  from xmtf_pipeline.interop import hf_import
+  if "://" in checkpoint_path:
+    return None
+  if hf_import.is_hf_dir(checkpoint_path):
+    spm = os.path.join(checkpoint_path, "spiece.model")
+    if os.path.isfile(spm):
+      return spm, vocab_lib.declared_extra_ids(checkpoint_path), ""
+    return None
+  model_dir = _checkpoint_model_dir(checkpoint_path)
+  run = _run_config(model_dir)
+  path = run.get(VOCAB_PATH_BINDING)
+  if isinstance(path, str):
+    extra = run.get("tasks.vocab.mt5_vocabulary_config.extra_ids")
+    return path, extra if isinstance(extra, int) else None, f"from {model_dir}/config.gin"
+  spm = os.path.join(model_dir, "spiece.model")
+  if os.path.isfile(spm):
+    return spm, vocab_lib.declared_extra_ids(model_dir), ""
+  return None
+
+
+def choose_vocabulary(checkpoint_path: str | None) -> str:
+  """Makes the mT5 vocabulary resolve to the checkpoint's own model unless one was set; returns
+  the one line saying which vocabulary is used and why."""
+  import gin
+  from tasks import vocab as vocab_lib
+  from xmtf_pipeline import gin_config
+  found = checkpoint_vocabulary(checkpoint_path) if checkpoint_path else None
+  vocab_lib.use_checkpoint_vocabulary(None)
+  if ("VOCABULARY", "gin.macro") in gin.config._CONFIG:
+    vocabulary = gin_config.evaluate("%VOCABULARY")
+    if not isinstance(vocabulary, vocab_lib.LazySentencePieceVocabulary):
+      what = getattr(vocabulary, "sentencepiece_model_file", None) or type(vocabulary).__name__
+      extra = getattr(vocabulary, "extra_ids", "?")
+      ignored = f"; it wins over the checkpoint's own {found[0]}" if found else ""
+      return f"Vocabulary: {what} (set by VOCABULARY in gin; {extra} extra ids){ignored}"
+  if found:
+    vocab_lib.use_checkpoint_vocabulary(*found)
+  path, _, how = vocab_lib.mt5_vocabulary_config(describe=True)
+  if found and path != found[0]:
+    how += f"; it wins over the checkpoint's own {found[0]}"
+  return f"Vocabulary: {path} ({how})"
+
+
 def main(argv: list[str] | None = None, prog: str = "xmtf eval",
-         entry: Callable | None = None, description: str = "") -> int:
-  """T5X-style flags (as ``xmtf train``): --gin_file, --gin_bindings, --gin.NAME=VALUE."""
+         entry: Callable | None = None, description: str = EVAL_DESCRIPTION,
+         plain: Sequence[Any] | None = None, run_gin: str = "runs/eval.gin") -> int:
+  """T5X-style flags (as ``xmtf train``): --gin_file, --gin_bindings, --gin.NAME=VALUE, plus
+  plain flags (``plain``, default eval's) that each append one gin binding."""
+  from tasks import vocab as vocab_lib
   from tasks.heldout import HeldOutError
   from xmtf_pipeline import checkpoints, flags, gin_config
   from xmtf_pipeline.interop import hf_import
 
   argv = list(sys.argv[1:] if argv is None else argv)
+  plain = _eval_plain_flags() if plain is None else plain
   errors = (gin_config.GinConfigError, EvalError, HeldOutError, RankClassificationError,
             checkpoints.CheckpointError, hf_import.HFImportError, params_lib.ParamMismatchError,
             FileNotFoundError, ValueError)
   try:
-    args = flags.build_arg_parser(prog, description).parse_args(gin_config.rewrite_gin_args(argv))
+    parser = flags.build_arg_parser(prog, description)
+    group = flags.add_plain_flags(parser, plain)
+    group.add_argument("--model", default=None, metavar="NAME",
+                        help="model gin (gin/models/NAME.gin or a file; = --gin_file=models/"
+                        "NAME.gin); default: the checkpoint's config.json / config.gin")
+    args = parser.parse_args(gin_config.rewrite_gin_args(argv))
     flags.configure_data(args)
-    gin_config.parse(args.gin_file, args.gin_bindings, flags.search_paths(args), finalize=False)
+    gin_files = list(args.gin_file)
+    if args.model:
+      gin_files.insert(0, gin_config.model_gin_file(args.model))
+    if all(_is_model_gin(f) for f in gin_files):
+      gin_files.append(run_gin)
+    bindings = [*args.gin_bindings, *flags.plain_bindings(args, plain)]
+    gin_config.parse(gin_files, bindings, flags.search_paths(args), finalize=False)
+    checkpoint_path = (gin_config.evaluate("%CHECKPOINT_PATH")
+                       if _macro_set("CHECKPOINT_PATH") else None)
+    if not _macro_set("MODEL_CONFIG") and checkpoint_path:
+      _bind_model_config(checkpoint_path)
     gin_config.check_macros()
     run = gin_config.get_configurable(entry or evaluate)
+    print(choose_vocabulary(checkpoint_path), flush=True)
     run()
   except errors as e:
     # gin appends "In call to configurable ..." to errors raised inside a configurable.
@@ -247,4 +442,6 @@ def main(argv: list[str] | None = None, prog: str = "xmtf eval",
                         if not line.strip().startswith("In call to configurable"))
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
+  finally:
+    vocab_lib.use_checkpoint_vocabulary(None)
   return 0

@@ -280,5 +280,56 @@ def _score(model, params, rows, vocab, lengths, batch_size, add_eos, side,
   return outputs
 
 
+INFER_DESCRIPTION = """Generate from, or score with, a checkpoint (T5X's infer.py with gin/runs/infer.gin).
+
+What to set (plain flag = its T5X gin form; give one or the other):
+  checkpoint    --checkpoint PATH    = --gin.CHECKPOINT_PATH   our MODEL_DIR[/checkpoint_N], a
+                native T5X checkpoint, or a Hugging Face MT5 folder (config.json,
+                model.safetensors, spiece.model: its model and tokenizer are used as they are)
+  output folder --output_dir DIR     = --gin.INFER_OUTPUT_DIR
+  input         --input_file FILE    = --gin.INPUT_FILE   JSON lines with 'inputs' (and, to
+                score, 'targets' or 'choices'); or --task NAME = --gin.MIXTURE_OR_TASK_NAME
+  mode          --mode MODE          = --gin.INFER_MODE   predict (default) or score
+  decoding      --decoding METHOD    = --gin.DECODING   greedy (default), beam or sample
+  vocabulary    --spm_model FILE     = --gin.tasks.vocab.mt5_vocabulary_config.path   default:
+                the checkpoint's own (an HF folder's spiece.model, a run's config.gin), else
+                $MT5_SPM_PATH, else mT5's on GCS; one line says which was used
+  batch size    --batch_size N       = --gin.BATCH_SIZE   (default 32)
+  max examples  --max_examples N     = --gin.INFER_NUM_EXAMPLES   (default: all)
+  model         --model NAME         = --gin_file=models/NAME.gin   default: the HF folder's
+                config.json or the run's MODEL_DIR/config.gin
+Beam size, sampling, lengths and metrics: --gin.BEAM_SIZE, TEMPERATURE, TOP_K, TOP_P,
+TASK_FEATURE_LENGTHS, METRICS (gin/runs/infer.gin). Without --gin_file (or with model gins
+only), gin/runs/infer.gin is used.
+
+Example:
+  xmtf infer --checkpoint mt0-small --input_file prompts.jsonl --output_dir out --decoding beam
+The same in T5X form:
+  xmtf infer --gin_file=models/mt5_small.gin --gin_file=runs/infer.gin \\
+    --gin.CHECKPOINT_PATH=\\"/ckpts/mt0_small/checkpoint_1025000\\" \\
+    --gin.INFER_OUTPUT_DIR=\\"out\\" --gin.INPUT_FILE=\\"prompts.jsonl\\" --gin.DECODING=\\"beam\\"
+
+Written: OUTPUT_DIR/<input name>-<mode>.jsonl-00000-of-00001, one JSON object per input with
+'inputs', 'prediction' or 'score', and 'aux' (T5X's naming)."""
+
+
+def _infer_plain_flags():
+  from xmtf_pipeline.flags import PlainFlag
+  return (
+      PlainFlag("--checkpoint", "CHECKPOINT_PATH",
+                "our MODEL_DIR[/checkpoint_N], a T5X checkpoint or a Hugging Face MT5 folder"),
+      PlainFlag("--output_dir", "INFER_OUTPUT_DIR", "folder for <input>-<mode>.jsonl-*"),
+      PlainFlag("--input_file", "INPUT_FILE", "JSON lines with 'inputs' ('targets'/'choices')"),
+      PlainFlag("--task", "MIXTURE_OR_TASK_NAME", "a registered SeqIO task instead of a file"),
+      PlainFlag("--mode", "INFER_MODE", "predict or score"),
+      PlainFlag("--decoding", "DECODING", "greedy, beam or sample"),
+      PlainFlag("--spm_model", evaluation.VOCAB_PATH_BINDING,
+                "SentencePiece model (default: the checkpoint's own, else mT5's)"),
+      PlainFlag("--batch_size", "BATCH_SIZE", "rows per batch (default 32)", int),
+      PlainFlag("--max_examples", "INFER_NUM_EXAMPLES", "rows to read (default: all)", int),
+  )
+
+
 def main(argv: list[str] | None = None, prog: str = "xmtf infer") -> int:
-  return evaluation.main(argv, prog, entry=infer)
+  return evaluation.main(argv, prog, entry=infer, description=INFER_DESCRIPTION,
+                         plain=_infer_plain_flags(), run_gin="runs/infer.gin")
