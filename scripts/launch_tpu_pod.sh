@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run one training command on every worker of an existing TPU VM pod slice (creates nothing).
 #
-#   scripts/launch_tpu_pod.sh [--dry_run] [--engine xmtf|t5x] TPU_NAME ZONE -- [train flags...]
+#   scripts/launch_tpu_pod.sh [--dry_run] [--engine xmtf|t5x] [--job train|eval|infer] TPU_NAME ZONE \
+#       -- [flags of the job...]
 #   scripts/launch_tpu_pod.sh my-v4-64 us-central2-b -- \
 #       --gin_file=mt0/mt0_large_xp3.gin --gin.MODEL_DIR=\"gs://bucket/mt0_large\"
 #   scripts/launch_tpu_pod.sh --engine t5x my-v4-64 us-central2-b -- \
@@ -23,15 +24,20 @@
 #   Either way scripts/t5x_shims/needed.py adds import shims for airio and jestimator to
 #   PYTHONPATH only if the real package does not import (airio has no PyPI release; PyPI's
 #   jestimator 0.3.3 fails on our JAX); T5X imports them, our recipes use neither.
+# --job (default train) picks the job: `xmtf train|eval|infer` or `python -m t5x.train|eval|infer`
+#   (eval: scripts/eval.sh --launcher tpu_pod builds its flags; gin/runs/ and gin/t5x/runs/).
 # --dry_run prints the gcloud command, then the per-worker command it runs, and exits.
 # JAX detects the pod topology itself (no distributed flags needed).
 set -euo pipefail
 usage() { sed -n '/^set -euo/q;2,$p' "$0" >&2; exit 2; }
 DRY=0
 ENGINE=xmtf
+JOB=train
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry_run) DRY=1; shift ;;
+    --job) [ $# -ge 2 ] || usage; JOB="$2"; shift 2 ;;
+    --job=*) JOB="${1#--job=}"; shift ;;
     --engine) [ $# -ge 2 ] || usage; ENGINE="$2"; shift 2 ;;
     --engine=*) ENGINE="${1#--engine=}"; shift ;;
     *) break ;;
@@ -40,6 +46,10 @@ done
 case "$ENGINE" in
   xmtf|t5x) ;;
   *) echo "launch_tpu_pod.sh: --engine must be 'xmtf' or 't5x', got '$ENGINE'" >&2; exit 2 ;;
+esac
+case "$JOB" in
+  train|eval|infer) ;;
+  *) echo "launch_tpu_pod.sh: --job must be 'train', 'eval' or 'infer', got '$JOB'" >&2; exit 2 ;;
 esac
 if [ $# -lt 3 ] || [ "$3" != "--" ]; then usage; fi
 TPU="$1"; ZONE="$2"; shift 3
@@ -56,7 +66,7 @@ case "$ENGINE:$T5X_STACK" in
 esac
 TRAIN_ARGS=$(printf '%q ' "$@")
 if [ "$ENGINE" = xmtf ]; then
-  REMOTE="cd $REMOTE_DIR && XMTF_JAX_EXTRA=tpu bash scripts/install.sh && TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/xmtf train $TRAIN_ARGS"
+  REMOTE="cd $REMOTE_DIR && XMTF_JAX_EXTRA=tpu bash scripts/install.sh && TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/xmtf $JOB $TRAIN_ARGS"
 else
   # $HOME, $PWD and the T5X_* variables below are expanded by the worker's shell.
   REMOTE="cd $REMOTE_DIR && T5X_DIR=\$HOME/t5x"
@@ -72,12 +82,12 @@ else
     PY=.venv/bin/python; PYPATH='"$T5X_DIR:$PWD"'
   fi
   REMOTE+=" && T5X_SHIMS=\$($PY scripts/t5x_shims/needed.py)"
-  REMOTE+=" && PYTHONPATH=$PYPATH\${T5X_SHIMS:+:\$T5X_SHIMS} TF_CPP_MIN_LOG_LEVEL=3 $PY -m t5x.train --gin_search_paths=\"\$T5X_DIR,\$PWD/gin\" $TRAIN_ARGS"
+  REMOTE+=" && PYTHONPATH=$PYPATH\${T5X_SHIMS:+:\$T5X_SHIMS} TF_CPP_MIN_LOG_LEVEL=3 $PY -m t5x.$JOB --gin_search_paths=\"\$T5X_DIR,\$PWD/gin\" $TRAIN_ARGS"
 fi
 CMD=(gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command "$REMOTE")
 if [ "$DRY" = 1 ]; then
   printf '%q ' "${CMD[@]}"; echo
-  echo "# per-worker command (engine $ENGINE):"
+  echo "# per-worker command (engine $ENGINE, job $JOB):"
   echo "$REMOTE"
   exit 0
 fi
