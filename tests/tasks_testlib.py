@@ -66,3 +66,18 @@ def texts(ds, key: str = "inputs") -> list[str]:
 def pretokenized(ds, key: str = "inputs") -> list[str]:
   """``{key}_pretokenized`` strings of a Task dataset, in order."""
   return [x[f"{key}_pretokenized"].decode() for x in ds.as_numpy_iterator()]
+
+
+def spm_with_sentinels(path: Path) -> str:
+  """The sample model with mT5's layout: its 400 pieces, then 100 sentinel pieces in the file
+  (<extra_id_99> = 400 ... <extra_id_0> = 499), as mT5's 250,000 + 100 = 250,100."""
+  from sentencepiece import sentencepiece_model_pb2
+
+  proto = sentencepiece_model_pb2.ModelProto()
+  proto.ParseFromString(Path(SAMPLE_SPM).read_bytes())
+  for i in reversed(range(100)):
+    piece = proto.pieces.add()
+    piece.piece, piece.score = f"<extra_id_{i}>", 0.0
+    piece.type = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+  path.write_bytes(proto.SerializeToString())
+  return str(path)

@@ -116,3 +116,32 @@ def test_vocabulary_bigger_than_the_embeddings_is_one_line(hf_dir, tmp_path, cap
   assert rc == 2
   assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
   assert "500 ids (400 pieces + 100 extra ids)" in err and "only 450 embeddings" in err, err
+
+
+def test_hf_folder_extra_ids_without_tokenizer_config(hf_dir, tmp_path, no_default_vocabulary):
+  """No tokenizer_config.json: the folder's spiece.model decides. mT5's layout (sentinels in the
+  file; config.json's vocab_size = pieces rounded up, e.g. 250,112 for 250,100) gets 0 extra
+  ids, a file without sentinels T5's 100; both fit config.json's 512 embeddings here."""
+  import shutil
+
+  import tasks_testlib
+
+  from tasks import vocab
+  from xmtf_pipeline import evaluation
+  from xmtf_pipeline.interop import hf_import
+  folder = tmp_path / "hf"
+  shutil.copytree(hf_dir, folder)
+  (folder / "tokenizer_config.json").unlink()
+  config = hf_import.t5_config_from_hf(hf_import.read_config(str(folder)))
+  for sentinels, extra in ((False, 100), (True, 0)):
+    if sentinels:
+      tasks_testlib.spm_with_sentinels(folder / "spiece.model")
+    found = evaluation.checkpoint_vocabulary(str(folder))
+    assert found == (str(folder / "spiece.model"), None, "")
+    try:
+      vocab.use_checkpoint_vocabulary(*found)
+      v = vocab.mt5_vocabulary()
+      assert (v.vocab_size, v.extra_ids) == (500, extra)
+      evaluation.check_vocabulary(v, config)  # 500 <= 512
+    finally:
+      vocab.use_checkpoint_vocabulary(None)
