@@ -145,3 +145,25 @@ def test_hf_folder_extra_ids_without_tokenizer_config(hf_dir, tmp_path, no_defau
       evaluation.check_vocabulary(v, config)  # 500 <= 512
     finally:
       vocab.use_checkpoint_vocabulary(None)
+
+
+def test_round_trip_hf_import_eval_export_keeps_the_tokenizer(hf_dir, tmp_path, capsys,
+                                                               no_default_vocabulary):
+  """HF folder -> import-hf -> eval (no model or vocabulary flags) -> export-hf: every step
+  uses the folder's spiece.model with the same 100 extra ids."""
+  import json
+  ours = tmp_path / "ours"
+  assert cli.main(["import-hf", "--hf_dir", str(hf_dir), "--output_dir", str(ours)]) == 0
+  rc = cli.main(["eval", "--checkpoint", str(ours / "checkpoint_0"), "--suite", "copa",
+                 "--max_examples", "1", "--data_dir", str(heldout.BUNDLED_DIR),
+                 "--output_dir", str(tmp_path / "eval")])
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  assert f"Model: {ours}/config.gin" in out
+  line = next(line for line in out.splitlines() if line.startswith("Vocabulary: "))
+  assert line.startswith(f"Vocabulary: {ours}/spiece.model (the checkpoint's own; 100 extra"), line
+  assert cli.main(["export-hf", "--checkpoint_dir", str(ours / "checkpoint_0"), "--output_dir",
+                   str(tmp_path / "again")]) == 0
+  tok = json.loads((tmp_path / "again" / "tokenizer_config.json").read_text())
+  assert tok["extra_ids"] == 100
+  assert (tmp_path / "again" / "spiece.model").read_bytes() == (hf_dir / "spiece.model").read_bytes()
