@@ -4,7 +4,8 @@
 #   sbatch --nodes=4 --gpus-per-node=8 scripts/launch_slurm.sh -- [xmtf train flags...]
 #   scripts/launch_slurm.sh --dry_run -- --gin_file=mt0/mt0_xl_xp3.gin --gin.MODEL_DIR=\"/ckpt/xl\"
 #   scripts/launch_slurm.sh [--dry_run] [--job train|eval|infer] -- [xmtf JOB flags...]
-#   (--job eval: scripts/eval.sh --launcher slurm builds its flags; default job train)
+#   (--job eval: scripts/eval.sh --launcher slurm builds its flags; default job train; eval and
+#   infer run as one process, `srun --ntasks=1`, as xmtf eval/infer are single-process)
 #
 # Process 0's host is the jax.distributed coordinator (port $COORDINATOR_PORT, default 29500);
 # each task passes T5X's --multiprocess_gpu --coordinator_address --process_count --process_index.
@@ -16,7 +17,7 @@ JOB=train
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry_run) DRY=1; shift ;;
-    --job) [ $# -ge 2 ] || { sed -n '2,11p' "$0" >&2; exit 2; }; JOB="$2"; shift 2 ;;
+    --job) [ $# -ge 2 ] || { sed -n '2,12p' "$0" >&2; exit 2; }; JOB="$2"; shift 2 ;;
     --job=*) JOB="${1#--job=}"; shift ;;
     *) break ;;
   esac
@@ -25,16 +26,19 @@ case "$JOB" in
   train|eval|infer) ;;
   *) echo "launch_slurm.sh: --job must be 'train', 'eval' or 'infer', got '$JOB'" >&2; exit 2 ;;
 esac
-if [ "${1:-}" != "--" ]; then sed -n '2,11p' "$0" >&2; exit 2; fi
+if [ "${1:-}" != "--" ]; then sed -n '2,12p' "$0" >&2; exit 2; fi
 shift
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PORT="${COORDINATOR_PORT:-29500}"
 NODES="${SLURM_JOB_NODELIST:-localhost}"
 HEAD=$(scontrol show hostnames "$NODES" 2>/dev/null | head -n1 || echo localhost)
 NTASKS="${SLURM_NTASKS:-1}"
+# xmtf eval and infer run in one process (they do not initialize jax.distributed): one task, on
+# the first node, with its GPUs; train runs one process per node.
+DIST="--multiprocess_gpu --coordinator_address=$HEAD:$PORT --process_count=$NTASKS --process_index=\$SLURM_PROCID "
+if [ "$JOB" != train ]; then NTASKS=1; DIST=""; fi
 TASK=(bash -c "XMTF_JAX_EXTRA=\${XMTF_JAX_EXTRA:-cuda12} bash '$ROOT/scripts/install.sh' && TF_CPP_MIN_LOG_LEVEL=3 '$ROOT/.venv/bin/xmtf' $JOB \
---multiprocess_gpu --coordinator_address=$HEAD:$PORT --process_count=$NTASKS \
---process_index=\$SLURM_PROCID $(printf '%q ' "$@")")
+$DIST$(printf '%q ' "$@")")
 CMD=(srun --ntasks="$NTASKS" --ntasks-per-node=1 "${TASK[@]}")
 if [ "$DRY" = 1 ]; then printf '%q ' "${CMD[@]}"; echo; exit 0; fi
 exec "${CMD[@]}"
