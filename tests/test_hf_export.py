@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ import yaml
 from interop_testlib import (
   SPM,
   TINY,
+  operative_config,
   our_logits,
   padded_batch,
   read_json,
@@ -30,6 +32,8 @@ from interop_testlib import (
 from xmtf_pipeline import cli, decoding, params
 from xmtf_pipeline.network import Transformer
 from xmtf_pipeline.params import ParamMismatchError
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -294,3 +298,28 @@ def test_demo_export_loads_in_plain_transformers_subprocess(demo_checkpoint, tmp
   theirs = np.asarray(got["output_ids"][1:])
   n = len(theirs)
   np.testing.assert_array_equal(ours[:n], theirs)
+
+
+@pytest.mark.parametrize("import_line", ["import tasks.xp3", "from tasks import xp3"])
+def test_export_finds_the_vocabulary_of_a_task_in_a_submodule(tmp_path, import_line):
+  """A run whose task lives in tasks.xp3 (config.gin imports it; no MIXTURE_OR_TASK_MODULE, no
+  vocabulary binding, no spiece.model beside the checkpoints), as `xmtf train` and upstream T5X
+  write it: export-hf imports the module config.gin names and finds the task's vocabulary. A
+  fresh process, so nothing registered by other tests helps."""
+  from tasks import vocab as vocab_lib
+
+  model_dir = tmp_path / "run"
+  ckpt, _, _ = save_our_checkpoint(str(model_dir), write_config=False)
+  text = operative_config(TINY)
+  text = "\n".join(line for line in text.splitlines()
+                   if "mt5_vocabulary_config" not in line)
+  (model_dir / "config.gin").write_text(text.replace(
+      "from xmtf_pipeline import network\n", f"from xmtf_pipeline import network\n{import_line}\n"))
+  out = tmp_path / "hf"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+  proc = subprocess.run([sys.executable, "-m", "xmtf_pipeline.cli", "export-hf",
+                         "--checkpoint_dir", ckpt, "--output_dir", str(out)], cwd=tmp_path,
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  sample = vocab_lib.sample_vocabulary().sentencepiece_model_file
+  assert (out / "spiece.model").read_bytes() == open(sample, "rb").read()

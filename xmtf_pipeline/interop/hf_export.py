@@ -23,7 +23,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_dtypes
@@ -95,14 +95,25 @@ def parse_size(text: str | int) -> int:
 # --------------------------------------------------------------------------- run config
 
 
+IMPORTS = "import"  # parse_operative_config's key for the modules config.gin imports
+
+
 def parse_operative_config(text: str) -> dict[str, Any]:
-  """``MODEL_DIR/config.gin`` (gin's operative config) -> {binding: value}, macros resolved.
+  """``MODEL_DIR/config.gin`` (gin's operative config) -> {binding: value}, macros resolved,
+  and under ``IMPORTS`` the modules its import lines name (``import tasks.xp3``,
+  ``from tasks import xp3`` -> ``tasks.xp3``), in order.
 
   gin_config's text reader, not gin itself: gin would need every configurable
   module (the trainer, TensorFlow under seqio) imported just to read numbers.
   """
-  raw = {k: v for k, v in gin_config.operative_statements(text).items()
-         if not k.startswith(("import ", "from "))}
+  statements = gin_config.operative_statements(text)
+  raw = {k: v for k, v in statements.items() if not k.startswith(("import ", "from "))}
+  modules = []
+  for statement in statements:
+    m = re.fullmatch(r"import ([\w.]+)(?: as \w+)?|from ([\w.]+) import (\w+)(?: as \w+)?",
+                     statement)
+    if m:
+      modules.append(m[1] or f"{m[2]}.{m[3]}")
 
   def value_of(text: str, depth: int = 0) -> Any:
     if text.startswith("%") and depth < 20:
@@ -113,7 +124,7 @@ def parse_operative_config(text: str) -> dict[str, Any]:
     except (ValueError, SyntaxError):
       return text
 
-  return {k: value_of(v) for k, v in raw.items()}
+  return {**{k: value_of(v) for k, v in raw.items()}, IMPORTS: modules}
 
 
 def model_config_from_run(run: Mapping[str, Any]) -> T5Config | None:
@@ -172,22 +183,48 @@ def resolve_spm(spm_model: str | None, run: Mapping[str, Any], model_dir: str
   task = run.get("MIXTURE_OR_TASK_NAME")
   if isinstance(task, str):
     try:
-      path, extra = _task_vocabulary(task, run.get("MIXTURE_OR_TASK_MODULE"))
+      path, extra = _task_vocabulary(task, _task_modules(run))
       return path, extra, f"the vocabulary of task {task!r}"
-    except Exception as e:  # an unregistered task, missing files, ...
+    except HFExportError as e:
+      raise HFExportError(f"Cannot find the run's SentencePiece model: {e}") from None
+    except Exception as e:  # missing files, ...
       raise HFExportError(f"Cannot find the run's SentencePiece model via task {task!r} "
                           f"({type(e).__name__}: {e}); pass --spm_model PATH.") from e
   raise HFExportError("Cannot find the run's SentencePiece model (no config.gin naming a task "
                       "or vocabulary, no spiece.model in MODEL_DIR); pass --spm_model PATH.")
 
 
-def _task_vocabulary(task: str, module: str | None) -> tuple[str, int]:
+# Modules a run's config.gin imports that cannot hold its tasks (and must not run here).
+_NOT_TASK_MODULES = ("__gin__", "__main__", "gin", "t5x", "xmtf_pipeline", "seqio", "jax", "flax",
+                     "optax", "tensorflow")
+
+
+def _task_modules(run: Mapping[str, Any]) -> list[str]:
+  """Where the run's task is registered: MIXTURE_OR_TASK_MODULE, else config.gin's imports (runs
+  of ``xmtf train`` and of upstream T5X import e.g. ``tasks.xp3`` there), else ``tasks``."""
+  module = run.get("MIXTURE_OR_TASK_MODULE")
+  if isinstance(module, str) and module:
+    return [module]
+  imported = [m for m in run.get(IMPORTS, ()) if m.split(".")[0] not in _NOT_TASK_MODULES]
+  return imported or ["tasks"]
+
+
+def _task_vocabulary(task: str, modules: Sequence[str]) -> tuple[str, int]:
   """The targets vocabulary of a registered SeqIO task (imports TensorFlow: last resort)."""
   import importlib
 
   import seqio
 
-  importlib.import_module(module or "tasks")
+  failed = []
+  for module in modules:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      failed.append(f"{module} ({e})")
+  if task not in seqio.TaskRegistry.names() and task not in seqio.MixtureRegistry.names():
+    tried = ", ".join(modules) + (f"; could not import {', '.join(failed)}" if failed else "")
+    raise HFExportError(f"task {task!r} is not registered by the run's task modules ({tried}); "
+                        "pass --spm_model PATH, or put the module holding the task on PYTHONPATH.")
   vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
   from tasks import vocab as vocab_lib
   if isinstance(vocab, vocab_lib.LazySentencePieceVocabulary):
