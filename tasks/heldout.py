@@ -37,6 +37,9 @@ DATA_ROOT = Path(__file__).resolve().parent / "data" / "heldout"
 BUNDLED_DIR = DATA_ROOT
 TEMPLATES_DIR = DATA_ROOT / "promptsource"
 TEXT_VAR_LENGTH = 2048  # promptsource truncates every substituted variable to this many chars
+# Token limits of the evaluation: the t-zero harness (mT0's published eval) truncated prompts to
+# 2048 tokens with the HF tokenizer (from the right); answer choices are far shorter than 256.
+EVAL_FEATURE_LENGTHS = {"inputs": 2048, "targets": 256}
 
 # The prompt lists are those of mT0's published evaluation, by name: the English-prompt rows of
 # EVALUATE_MT0 (arrays DATASETS_AND_CONFIGS_L1 and _L2; per dataset see PROMPT_SOURCES). The five

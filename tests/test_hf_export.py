@@ -323,3 +323,33 @@ def test_export_finds_the_vocabulary_of_a_task_in_a_submodule(tmp_path, import_l
   assert proc.returncode == 0, proc.stderr[-2000:]
   sample = vocab_lib.sample_vocabulary().sentencepiece_model_file
   assert (out / "spiece.model").read_bytes() == open(sample, "rb").read()
+
+
+def test_tokenizer_and_card_state_the_evaluation_lengths(exported):
+  """HF users reproduce our eval: the tokenizer truncates prompts where our eval did (2048, the
+  t-zero harness's limit, not HF's usual 1024), and the card says so."""
+  from tasks import heldout
+
+  out = exported[2]
+  assert read_json(out / "tokenizer_config.json")["model_max_length"] == 2048
+  assert heldout.EVAL_FEATURE_LENGTHS == {"inputs": 2048, "targets": 256}
+  card = (out / "README.md").read_text()
+  assert "prompts truncated to 2048 tokens from the right, answer choices to 256" in card
+
+
+def test_lengths_come_from_the_runs_eval_results(tmp_path):
+  """An eval of this run with other limits (results.json beside it) is what the export states,
+  with the training lengths from config.gin."""
+  model_dir = tmp_path / "run"
+  ckpt, _, _ = save_our_checkpoint(str(model_dir), write_config=False)
+  (model_dir / "config.gin").write_text(operative_config(
+      TINY, {"TASK_FEATURE_LENGTHS": "{'inputs': 1024, 'targets': 1024}"}))
+  (model_dir / "eval_results").mkdir()
+  (model_dir / "eval_results" / "results.json").write_text(json.dumps(
+      {"meta": {"feature_lengths": {"inputs": 512, "targets": 64}}}))
+  out = tmp_path / "hf"
+  assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(out)]) == 0
+  assert read_json(out / "tokenizer_config.json")["model_max_length"] == 512
+  card = (out / "README.md").read_text()
+  assert "- Training: {'inputs': 1024, 'targets': 1024} tokens" in card
+  assert "prompts truncated to 512 tokens from the right, answer choices to 64" in card

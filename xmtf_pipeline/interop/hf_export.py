@@ -232,7 +232,26 @@ def _task_vocabulary(task: str, modules: Sequence[str]) -> tuple[str, int]:
   return vocab.sentencepiece_model_file, vocab.extra_ids
 
 
-def write_tokenizer(out: str, spm_path: str, extra_ids: int | None, vocab_size: int) -> list[str]:
+def eval_lengths(model_dir: str, explicit: str | None) -> tuple[dict[str, int], str]:
+  """(token limits the evaluation used, where they come from): an eval's ``results.json``
+  beside the run (as find_eval_results looks for it), else the held-out suite's defaults."""
+  dirs = ([explicit if os.path.isdir(explicit) else os.path.dirname(explicit)] if explicit else
+          [os.path.join(model_dir, "eval_results"), os.path.join(model_dir, "eval"), model_dir])
+  for d in dirs:
+    path = os.path.join(d, "results.json")
+    try:
+      with open(path) as f:
+        lengths = json.load(f)["meta"]["feature_lengths"]
+      return {"inputs": int(lengths["inputs"]), "targets": int(lengths["targets"])}, path
+    except (OSError, KeyError, TypeError, ValueError):
+      continue
+  from tasks import heldout
+
+  return dict(heldout.EVAL_FEATURE_LENGTHS), "the held-out suite's defaults (tasks.heldout)"
+
+
+def write_tokenizer(out: str, spm_path: str, extra_ids: int | None, vocab_size: int,
+                    model_max_length: int = 2048) -> list[str]:
   """spiece.model, tokenizer_config.json, special_tokens_map.json; returns warnings."""
   import sentencepiece as spm
   from sentencepiece import sentencepiece_model_pb2
@@ -264,7 +283,7 @@ def write_tokenizer(out: str, spm_path: str, extra_ids: int | None, vocab_size: 
   with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
     json.dump({"tokenizer_class": "T5Tokenizer", **tokens, "extra_ids": extra_ids,
                "additional_special_tokens": None, "sp_model_kwargs": {},
-               "model_max_length": 1024}, f, indent=2)
+               "model_max_length": model_max_length}, f, indent=2)
   with open(os.path.join(out, "special_tokens_map.json"), "w") as f:
     json.dump(tokens, f, indent=2)
   warnings = []
@@ -367,7 +386,7 @@ def find_eval_results(model_dir: str, explicit: str | None) -> tuple[str | None,
 
 def model_card(config: T5Config, run: Mapping[str, Any], checkpoint: str, step: int | None,
                dtype: str, n_params: int, eval_table: str | None, model_index: Any,
-               notes: list[str]) -> str:
+               notes: list[str], lengths: tuple[dict[str, int], str] | None = None) -> str:
   import yaml
 
   front: dict[str, Any] = {"license": "apache-2.0", "library_name": "transformers",
@@ -402,6 +421,15 @@ def model_card(config: T5Config, run: Mapping[str, Any], checkpoint: str, step: 
     lines += ["## Training configuration", "", "| setting | value |", "|---|---|"]
     lines += [f"| {label} | `{value!r}` |" for label, value in settings]
     lines.append("")
+  if lengths:
+    (limits, source), trained = lengths, run.get("TASK_FEATURE_LENGTHS")
+    lines += ["## Sequence lengths", "",
+              f"- Training: {trained!r} tokens (TASK_FEATURE_LENGTHS)." if trained else
+              "- Training: not recorded (no TASK_FEATURE_LENGTHS in the run's config.gin).",
+              f"- Evaluation: prompts truncated to {limits['inputs']} tokens from the right, "
+              f"answer choices to {limits['targets']} (from {os.path.basename(source)}). "
+              f"`tokenizer_config.json` sets `model_max_length` to {limits['inputs']}, so "
+              "`tokenizer(text, truncation=True)` truncates as the evaluation did.", ""]
   if eval_table:
     lines += ["## Evaluation results", "", eval_table, ""]
   lines += ["## Usage", "", "```python",
@@ -456,12 +484,13 @@ def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwri
   spm_path, hinted_extra, spm_source = resolve_spm(spm_model, run, model_dir)
   max_bytes = parse_size(max_shard_size)
   eval_table, model_index = find_eval_results(model_dir, eval_results)
+  lengths = eval_lengths(model_dir, eval_results)
 
   tmp = prepare_output_dir(output_dir, overwrite, protect=ckpt, is_ours=is_export_output,
                            what="export")
   try:
     notes = write_tokenizer(tmp, spm_path, extra_ids if extra_ids is not None else hinted_extra,
-                            config.vocab_size)
+                            config.vocab_size, lengths[0]["inputs"])
     files = write_weights(reader, tmp, DTYPES[dtype], max_bytes)
     hf_config = dict(hf_mapping.hf_config_dict(config, dropout_rate=float(dropout)),
                      torch_dtype=dtype, dtype=dtype)
@@ -475,7 +504,7 @@ def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwri
     with open(os.path.join(tmp, "README.md"), "w") as f:
       f.write(model_card(config, run, ckpt, reader.step, dtype,
                          sum(int(np.prod(s)) for s in shapes.values()), eval_table,
-                         model_index, notes))
+                         model_index, notes, lengths))
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
