@@ -35,6 +35,7 @@ def setup():
     return original(self, encoder_input_tokens, *args, **kwargs)
 
   Transformer.encode = spy
+  rc._SCORE_FN.clear_cache()  # shared by all scorers: an earlier test may have compiled these
   try:
     grouped = rc.RankScorer(Transformer(config), tree, batch_size=4).score(examples)
   finally:

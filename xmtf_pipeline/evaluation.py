@@ -22,14 +22,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from xmtf_pipeline import eval_report, models
+from xmtf_pipeline import eval_report, models, rank_classification
 from xmtf_pipeline import params as params_lib
 from xmtf_pipeline.network import T5Config
 from xmtf_pipeline.rank_classification import (
   RankClassificationError,
   RankScorer,
   TruncationCounts,
-  rank_classify,
+  rank_classify_many,
   tokenize_example,
 )
 
@@ -52,6 +52,7 @@ class PromptResult:
   truncated_inputs: int = 0
   truncated_targets: int = 0
   seconds: float = 0.0
+  scoring_seconds: float = 0.0  # its share (by examples) of its dataset's scoring wall time
 
 
 def check_vocabulary(vocabulary: Any, config: T5Config) -> None:
@@ -113,7 +114,9 @@ def evaluate_suite(model: models.EncoderDecoderModel, params: Any, vocabulary: A
   """Rank-classification accuracy of every (dataset, config, prompt) of ``suite``.
 
   Rows are loaded once per (dataset, config); unlabeled rows are skipped and counted;
-  prompts or choices longer than ``feature_lengths`` are truncated and counted.
+  prompts or choices longer than ``feature_lengths`` are truncated and counted. The prompts
+  of one (dataset, config) are scored together (fuller batches), and one jitted function
+  serves the whole suite, compiled once per shape bucket (rank_classification._SCORE_FN).
   """
   from tasks import heldout
 
@@ -122,36 +125,64 @@ def evaluate_suite(model: models.EncoderDecoderModel, params: Any, vocabulary: A
   lengths = {**DEFAULT_LENGTHS, **(feature_lengths or {})}
   scorer = RankScorer(model.module, params, batch_size)
   results: list[PromptResult] = []
-  rows_cache: dict[tuple[str, str], list[dict]] = {}
-  for dataset, config, prompt in entries:
+  traces = rank_classification.TRACES
+  groups: list[list[tuple[str, str, str]]] = []  # consecutive entries of one (dataset, config)
+  for entry in entries:
+    if groups and groups[-1][0][:2] == entry[:2]:
+      groups[-1].append(entry)
+    else:
+      groups.append([entry])
+  for group in groups:
+    dataset, config = group[0][:2]
+    rows = heldout.load_rows(dataset, config, data_dir, max_examples)
+    prepared = []
+    for _, _, prompt in group:
+      t0 = time.time()
+      template = heldout.get_prompt(dataset, prompt)
+      counts = TruncationCounts()
+      examples, unlabeled = [], 0
+      for i, row in enumerate(rows):
+        rendered = heldout.render(template, row, f" ({dataset}/{config} row {i})")
+        if rendered is None:
+          unlabeled += 1
+          continue
+        examples.append(tokenize_example(vocabulary, rendered.inputs, rendered.choices,
+                                         rendered.label, lengths["inputs"], lengths["targets"],
+                                         truncate_side, counts))
+      prepared.append((prompt, examples, unlabeled, counts, time.time() - t0))
     t0 = time.time()
-    if (dataset, config) not in rows_cache:
-      rows_cache.clear()
-      rows_cache[(dataset, config)] = heldout.load_rows(dataset, config, data_dir, max_examples)
-    rows = rows_cache[(dataset, config)]
-    template = heldout.get_prompt(dataset, prompt)
-    counts = TruncationCounts()
-    examples, unlabeled = [], 0
-    for i, row in enumerate(rows):
-      rendered = heldout.render(template, row, f" ({dataset}/{config} row {i})")
-      if rendered is None:
-        unlabeled += 1
-        continue
-      examples.append(tokenize_example(vocabulary, rendered.inputs, rendered.choices,
-                                       rendered.label, lengths["inputs"], lengths["targets"],
-                                       truncate_side, counts))
-    result = rank_classify(scorer, examples)
-    r = PromptResult(dataset, config, prompt, result.accuracy, result.num_examples, unlabeled,
-                     counts.inputs, counts.targets, time.time() - t0)
-    results.append(r)
-    if log:
-      acc = "n/a" if r.accuracy is None else f"{100 * r.accuracy:.2f}"
-      notes = [f"{n} {what}" for n, what in ((unlabeled, "unlabeled skipped"),
-                                             (counts.inputs, "prompts truncated"),
-                                             (counts.targets, "choices truncated")) if n]
-      log(f"  {dataset}/{config} [{prompt}]: accuracy {acc} on {r.num_examples} examples"
-          f"{' (' + ', '.join(notes) + ')' if notes else ''} in {r.seconds:.1f}s")
+    ranked = rank_classify_many(scorer, [p[1] for p in prepared])
+    scoring = time.time() - t0
+    total = sum(len(p[1]) for p in prepared)
+    for (prompt, examples, unlabeled, counts, seconds), result in zip(prepared, ranked):
+      share = scoring * len(examples) / total if total else 0.0
+      r = PromptResult(dataset, config, prompt, result.accuracy, result.num_examples, unlabeled,
+                       counts.inputs, counts.targets, seconds + share, share)
+      results.append(r)
+      if log:
+        acc = "n/a" if r.accuracy is None else f"{100 * r.accuracy:.2f}"
+        notes = [f"{n} {what}" for n, what in ((unlabeled, "unlabeled skipped"),
+                                               (counts.inputs, "prompts truncated"),
+                                               (counts.targets, "choices truncated")) if n]
+        log(f"  {dataset}/{config} [{prompt}]: accuracy {acc} on {r.num_examples} examples"
+            f"{' (' + ', '.join(notes) + ')' if notes else ''} in {r.seconds:.1f}s")
+  if log:
+    log(throughput_line(results) + f", {rank_classification.TRACES - traces} shapes compiled")
   return results
+
+
+def throughput(results: Sequence[PromptResult]) -> dict[str, Any]:
+  """Scored examples, scoring wall time (compilation included) and examples per second."""
+  examples = sum(r.num_examples for r in results)
+  seconds = sum(r.scoring_seconds for r in results)
+  return {"examples": examples, "scoring_seconds": round(seconds, 2),
+          "examples_per_second": round(examples / seconds, 1) if seconds > 0 else None}
+
+
+def throughput_line(results: Sequence[PromptResult]) -> str:
+  t = throughput(results)
+  return (f"Scored {t['examples']} examples in {t['scoring_seconds']:.1f}s "
+          f"({t['examples_per_second'] or 0:.1f} examples/s, compilation included)")
 
 
 def seqio_score_fn(model: models.EncoderDecoderModel, params: Any, batch_size: int = 32):
@@ -216,7 +247,8 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
                            feature_lengths, truncate_side)
   summary = eval_report.aggregate(results)
   summary["meta"] = {"checkpoint_path": checkpoint_path, "suite": suite,
-                     "seconds": round(time.time() - t0, 2), "data_dir": data_dir,
+                     "seconds": round(time.time() - t0, 2), **throughput(results),
+                     "data_dir": data_dir,
                      "max_examples": max_examples, "truncate_side": truncate_side,
                      "feature_lengths": {**DEFAULT_LENGTHS, **(feature_lengths or {})}}
   name = model_name or os.path.basename(os.path.normpath(checkpoint_path))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,9 +104,20 @@ def _bucket(n: int, minimum: int = 8) -> int:
   return size
 
 
+def _target_bucket(n: int) -> int:
+  """Powers of two from 16: answer choices are short and the decoder cheap beside the
+  encoder, so coarse target buckets cost little compute and save compilations."""
+  size = 16
+  while size < n:
+    size *= 2
+  return size
+
+
 def _choice_scores(module: Transformer, params: Any, encoder_input_tokens: jax.Array,
                    targets: jax.Array) -> jax.Array:
   """(B, C) sum log-probs of targets (B, C, T) given prompts (B, L); one encoder pass."""
+  global TRACES
+  TRACES += 1  # runs only when jax traces: once per compiled (module, shapes)
   batch, num_choices, length = targets.shape
   encoded = module.apply({"params": params}, encoder_input_tokens, method=Transformer.encode)
   encoded = jnp.repeat(encoded, num_choices, axis=0)
@@ -119,13 +131,21 @@ def _choice_scores(module: Transformer, params: Any, encoder_input_tokens: jax.A
   return jnp.sum(jnp.where(flat > 0, token, 0.0), axis=-1).reshape(batch, num_choices)
 
 
+TRACES = 0  # how many times _choice_scores was traced (compiled), all scorers together
+# One jitted function for every scorer: the module (a hashable dataclass of its config) is
+# static, so all datasets, prompts and checkpoints of one model share its compiled shapes.
+_SCORE_FN = jax.jit(_choice_scores, static_argnums=0)
+
+
 class RankScorer:
   """Scores tokenized examples in fixed-shape batches with one jitted function.
 
   Examples are sorted by prompt length and batched up to ``batch_size`` prompts and
   ``max_batch_tokens`` padded prompt tokens at a time (long prompts go in smaller
-  batches); lengths are padded to ``_bucket`` sizes and short batches with empty rows,
-  so a whole suite compiles a handful of shapes.
+  batches); prompt lengths are padded to ``_bucket`` sizes, choices to
+  ``_target_bucket`` sizes and short batches with empty rows, so a whole suite compiles a
+  handful of shapes, once per process (``_SCORE_FN`` is shared by all scorers).
+  ``examples`` and ``seconds`` add up what ``score`` did (wall time, compilation included).
   """
 
   def __init__(self, module: Transformer, params: Any, batch_size: int = 32,
@@ -136,13 +156,16 @@ class RankScorer:
     self.params = params
     self.batch_size = batch_size
     self.max_batch_tokens = max_batch_tokens or batch_size * 512
-    self._fn = jax.jit(functools.partial(_choice_scores, module))
+    self._fn = functools.partial(_SCORE_FN, module)
+    self.examples = 0
+    self.seconds = 0.0
 
   def rows_for(self, input_length: int) -> int:
     return max(1, min(self.batch_size, self.max_batch_tokens // max(input_length, 1)))
 
   def score(self, examples: Sequence[RankExample]) -> list[np.ndarray]:
     """Per example, the float32 scores of its choices (in the choices' order)."""
+    t0 = time.perf_counter()
     order = sorted(range(len(examples)), key=lambda i: (len(examples[i].inputs),
                                                         len(examples[i].choices)))
     out: list[np.ndarray | None] = [None] * len(examples)
@@ -160,11 +183,13 @@ class RankScorer:
       for i, ex, row in zip(idx, batch, self._score_batch(batch)):
         out[i] = row[:len(ex.choices)]
       start += len(idx)
+    self.examples += len(examples)
+    self.seconds += time.perf_counter() - t0
     return out  # type: ignore[return-value]
 
   def _score_batch(self, batch: Sequence[RankExample]) -> np.ndarray:
     in_len = _bucket(max(len(ex.inputs) for ex in batch))
-    tgt_len = _bucket(max(len(c) for ex in batch for c in ex.choices))
+    tgt_len = _target_bucket(max(len(c) for ex in batch for c in ex.choices))
     num_choices = max(len(ex.choices) for ex in batch)
     rows = self.rows_for(in_len)  # one batch size per length bucket: one compiled shape
     enc = np.zeros((max(rows, len(batch)), in_len), np.int32)
@@ -198,8 +223,22 @@ class RankResult:
 
 def rank_classify(scorer: RankScorer, examples: Sequence[RankExample]) -> RankResult:
   """Argmax over each example's choice scores (the first maximum on ties, as torch.argmax)."""
-  scores = scorer.score(examples) if examples else []
-  return RankResult(scores, [int(np.argmax(s)) for s in scores], [ex.label for ex in examples])
+  return rank_classify_many(scorer, [examples])[0]
+
+
+def rank_classify_many(scorer: RankScorer,
+                       groups: Sequence[Sequence[RankExample]]) -> list[RankResult]:
+  """``rank_classify`` of each group, all groups scored together (e.g. every prompt of one
+  dataset): batches are sorted by length across groups, so fewer and fuller batches."""
+  flat = [ex for group in groups for ex in group]
+  scores = scorer.score(flat) if flat else []
+  results, start = [], 0
+  for group in groups:
+    part = scores[start:start + len(group)]
+    start += len(group)
+    results.append(RankResult(part, [int(np.argmax(s)) for s in part],
+                              [ex.label for ex in group]))
+  return results
 
 
 def score_pairs(model: Any, params: Any, examples: Sequence[RankExample]) -> list[np.ndarray]:
