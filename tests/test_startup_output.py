@@ -24,6 +24,16 @@ def test_xmtf_data_prints_no_tensorflow_banner():
     assert line not in out.stderr, out.stderr
 
 
+def test_help_of_the_eval_commands_prints_no_tensorflow_banner():
+  """eval/infer/select-checkpoint build their help from modules that import TensorFlow."""
+  for command in ("eval", "infer", "select-checkpoint"):
+    out = _run(["xmtf_pipeline.cli", command, "--help"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage: xmtf" in out.stdout
+    for line in BANNER:
+      assert line not in out.stderr, (command, out.stderr)
+
+
 def test_failed_tensorflow_import_is_not_silenced(tmp_path):
   """What the hidden descriptor caught is replayed when the import fails."""
   (tmp_path / "tensorflow.py").write_text(
