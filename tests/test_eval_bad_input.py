@@ -62,7 +62,7 @@ def test_checkpoint_for_another_vocabulary_size(tmp_path, capsys):
 
 def test_vocabulary_larger_than_the_embeddings(tiny):
   model = models.EncoderDecoderModel(SAMPLE_VOCAB_CONFIG.replace(vocab_size=256))
-  with pytest.raises(evaluation.EvalError, match=r"500 ids but the model has only 256 embeddings"):
+  with pytest.raises(evaluation.EvalError, match=r"500 ids \(400 pieces \+ 100 extra ids\) but the model has only 256 embeddings"):
     evaluation.evaluate_suite(model, None, sample_vocabulary(), "copa")
 
 

@@ -179,3 +179,20 @@ def test_write_reports_files_and_charts(tmp_path):
   from xmtf_pipeline.interop import hf_export
   table, index = hf_export.find_eval_results(str(tmp_path), str(tmp_path))
   assert table.startswith("| dataset |") and index[0]["name"] == "ours"
+
+
+def test_results_md_counts_truncated_examples_per_prompt(tmp_path):
+  """Every prompt's row says how many of its prompts and choices were cut (0 normally), so a
+  reader sees when the eval's limits changed a score."""
+  results = [{"dataset": "copa", "config": "copa", "prompt": p, "accuracy": 0.5,
+              "num_examples": 10, "truncated_inputs": n, "truncated_targets": 0}
+             for p, n in zip(heldout.COPA_PROMPTS, (0, 3))]
+  summary = eval_report.aggregate(results)
+  eval_report.write_reports(summary, str(tmp_path), "ours", charts=False)
+  text = (tmp_path / "results.md").read_text()
+  assert ("| dataset | config | prompt | accuracy | examples | prompts truncated | "
+          "choices truncated |") in text
+  first, second = (r["prompt"] for r in results)
+  assert f"| copa | copa | {first} | 50.00 | 10 | 0 | 0 |" in text
+  assert f"| copa | copa | {second} | 50.00 | 10 | 3 | 0 |" in text
+  assert "Per prompt" not in eval_report.markdown_table(summary)  # the console keeps it short

@@ -332,7 +332,13 @@ def test_tokenizer_and_card_state_the_evaluation_lengths(exported):
 
   out = exported[2]
   assert read_json(out / "tokenizer_config.json")["model_max_length"] == 2048
-  assert heldout.EVAL_FEATURE_LENGTHS == {"inputs": 2048, "targets": 256}
+  from xmtf_pipeline import evaluation
+
+  # One protocol: what export states is what `xmtf eval` (and gin/runs/eval.gin) truncates to.
+  assert heldout.EVAL_FEATURE_LENGTHS == evaluation.DEFAULT_LENGTHS == {"inputs": 2048,
+                                                                        "targets": 256}
+  assert "TASK_FEATURE_LENGTHS = {'inputs': 2048, 'targets': 256}" in (
+      REPO / "gin" / "runs" / "eval.gin").read_text()
   card = (out / "README.md").read_text()
   assert "prompts truncated to 2048 tokens from the right, answer choices to 256" in card
 

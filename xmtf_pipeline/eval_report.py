@@ -83,8 +83,10 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]
           *("| " + " | ".join(str(x) for x in row) + " |" for row in rows)]
 
 
-def markdown_table(summary: Mapping[str, Any]) -> str:
-  """Per (dataset, config) median/max over prompts beside mt0-large; then per-dataset means."""
+def markdown_table(summary: Mapping[str, Any], per_prompt: bool = False) -> str:
+  """Per (dataset, config) median/max over prompts beside mt0-large; then per-dataset means;
+  with ``per_prompt`` (results.md), every prompt's accuracy and how many of its examples were
+  truncated (prompts beyond the input limit, choices beyond the target limit; 0 normally)."""
   lines = _md_table(
       ["dataset", "config", "median over prompts", "max over prompts", "mt0-large (card)",
        "prompts", "examples"],
@@ -98,6 +100,13 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
         _fmt(d["l1_mean_median"]), _fmt(d["published_mean_max"])] for d in summary["datasets"]))
   lines += ["", "Accuracy in %, rank classification (sum of target log-probs incl. EOS). The card "
             "reports the max over prompts."]
+  if per_prompt:
+    lines += ["", "Per prompt:", ""] + _md_table(
+        ["dataset", "config", "prompt", "accuracy", "examples", "prompts truncated",
+         "choices truncated"],
+        ([p["dataset"], p["config"], p["prompt"], _fmt(p["accuracy"]), p["num_examples"],
+          p.get("truncated_inputs", 0), p.get("truncated_targets", 0)]
+         for p in summary["prompts"]))
   return "\n".join(lines)
 
 
@@ -151,7 +160,7 @@ def write_reports(summary: Mapping[str, Any], output_dir: str, model_name: str,
     written.append(path)
 
   write("results.json", json.dumps(summary, indent=2, default=str) + "\n")
-  write("results.md", markdown_table(summary) + "\n")
+  write("results.md", markdown_table(summary, per_prompt=True) + "\n")
   write("model_index.yaml", model_index_yaml(summary, model_name))
   if charts:
     written += write_charts(summary, os.path.join(output_dir, "charts"))

@@ -161,11 +161,10 @@ def evaluate_suite(model: models.EncoderDecoderModel, params: Any, vocabulary: A
       results.append(r)
       if log:
         acc = "n/a" if r.accuracy is None else f"{100 * r.accuracy:.2f}"
-        notes = [f"{n} {what}" for n, what in ((unlabeled, "unlabeled skipped"),
-                                               (counts.inputs, "prompts truncated"),
-                                               (counts.targets, "choices truncated")) if n]
-        log(f"  {dataset}/{config} [{prompt}]: accuracy {acc} on {r.num_examples} examples"
-            f"{' (' + ', '.join(notes) + ')' if notes else ''} in {r.seconds:.1f}s")
+        skipped = f", {unlabeled} unlabeled skipped" if unlabeled else ""
+        log(f"  {dataset}/{config} [{prompt}]: accuracy {acc} on {r.num_examples} examples "
+            f"({counts.inputs} prompts truncated, {counts.targets} choices truncated{skipped}) "
+            f"in {r.seconds:.1f}s")
   if log:
     log(throughput_line(results) + f", {rank_classification.TRACES - traces} shapes compiled")
   return results
