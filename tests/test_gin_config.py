@@ -14,7 +14,7 @@ from xmtf_pipeline import train as train_lib  # noqa: F401  (registers the train
 REPO = Path(__file__).resolve().parent.parent
 # gin/t5x/ includes upstream T5X files absent here (tests/test_t5x_gin.py covers it).
 GIN_FILES = sorted(p.relative_to(REPO / "gin").as_posix() for p in (REPO / "gin").rglob("*.gin")
-                   if p.parent != REPO / "gin" / "t5x")
+                   if not p.is_relative_to(REPO / "gin" / "t5x"))
 VALUES = {"DROPOUT_RATE": "0.0", "MODEL_DIR": "'/tmp/x'", "MIXTURE_OR_TASK_NAME": "'synthetic_copy'",
           "TASK_FEATURE_LENGTHS": "{'inputs': 8, 'targets': 8}", "TRAIN_STEPS": "10",
           "INITIAL_CHECKPOINT_PATH": "None", "CHECKPOINT_PATH": "'/tmp/ckpt'",
