@@ -142,11 +142,7 @@ def _model_and_vocab(args: argparse.Namespace):
   from xmtf_pipeline import gin_config, models
   from xmtf_pipeline.interop import hf_export
 
-  run: dict[str, Any] = {}
-  config_gin = os.path.join(args.model_dir, "config.gin")
-  if os.path.isfile(config_gin):
-    with open(config_gin) as f:
-      run = hf_export.parse_operative_config(f.read())
+  run = hf_export.read_run_config(args.model_dir)
   if args.model:
     config = gin_config.load_model_config(args.model, args.gin_bindings)
   else:

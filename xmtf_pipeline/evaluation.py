@@ -323,24 +323,14 @@ def _is_model_gin(path: str) -> bool:
 
 
 def _macro_set(name: str) -> bool:
-  import gin
-  values = gin.config._CONFIG.get((name, "gin.macro"))
-  return values is not None and str(values.get("value")) != "%gin.REQUIRED"
+  from xmtf_pipeline import gin_config
+  return gin_config.macro_binding(name) not in (None, "%gin.REQUIRED")
 
 
 def _checkpoint_model_dir(checkpoint_path: str) -> str:
   """MODEL_DIR of ``MODEL_DIR`` or ``MODEL_DIR/checkpoint_N``."""
   path = os.path.normpath(checkpoint_path)
   return os.path.dirname(path) if os.path.basename(path).startswith("checkpoint_") else path
-
-
-def _run_config(model_dir: str) -> dict[str, Any]:
-  from xmtf_pipeline.interop import hf_export
-  config_gin = os.path.join(model_dir, "config.gin")
-  if not os.path.isfile(config_gin):
-    return {}
-  with open(config_gin) as f:
-    return hf_export.parse_operative_config(f.read())
 
 
 def _checkpoint_model_config(checkpoint_path: str) -> tuple[T5Config, str] | None:
@@ -351,7 +341,7 @@ def _checkpoint_model_config(checkpoint_path: str) -> tuple[T5Config, str] | Non
                                         os.path.join(checkpoint_path, "config.json")),
             os.path.join(checkpoint_path, "config.json"))
   model_dir = _checkpoint_model_dir(checkpoint_path)
-  config = hf_export.model_config_from_run(_run_config(model_dir))
+  config = hf_export.model_config_from_run(hf_export.read_run_config(model_dir))
   return (config, os.path.join(model_dir, "config.gin")) if config else None
 
 
@@ -386,7 +376,7 @@ def checkpoint_vocabulary(checkpoint_path: str) -> tuple[str, int | None, str] |
   (``xmtf import-hf`` keeps it there).
   """
   from tasks import vocab as vocab_lib
-  from xmtf_pipeline.interop import hf_import
+  from xmtf_pipeline.interop import hf_export, hf_import
   if "://" in checkpoint_path:
     return None
   if hf_import.is_hf_dir(checkpoint_path):
@@ -395,7 +385,7 @@ def checkpoint_vocabulary(checkpoint_path: str) -> tuple[str, int | None, str] |
       return spm, vocab_lib.declared_extra_ids(checkpoint_path), ""
     return None
   model_dir = _checkpoint_model_dir(checkpoint_path)
-  run = _run_config(model_dir)
+  run = hf_export.read_run_config(model_dir)
   path = run.get(VOCAB_PATH_BINDING)
   if isinstance(path, str):
     extra = run.get("tasks.vocab.mt5_vocabulary_config.extra_ids")
@@ -409,12 +399,11 @@ def checkpoint_vocabulary(checkpoint_path: str) -> tuple[str, int | None, str] |
 def choose_vocabulary(checkpoint_path: str | None) -> str:
   """Makes the mT5 vocabulary resolve to the checkpoint's own model unless one was set; returns
   the one line saying which vocabulary is used and why."""
-  import gin
   from tasks import vocab as vocab_lib
   from xmtf_pipeline import gin_config
   found = checkpoint_vocabulary(checkpoint_path) if checkpoint_path else None
   vocab_lib.use_checkpoint_vocabulary(None)
-  if ("VOCABULARY", "gin.macro") in gin.config._CONFIG:
+  if gin_config.macro_binding("VOCABULARY") is not None:
     vocabulary = gin_config.evaluate("%VOCABULARY")
     if not isinstance(vocabulary, vocab_lib.LazySentencePieceVocabulary):
       what = getattr(vocabulary, "sentencepiece_model_file", None) or type(vocabulary).__name__

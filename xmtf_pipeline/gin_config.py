@@ -147,6 +147,12 @@ def evaluate(expression: str) -> Any:
     raise GinConfigError(f"evaluating {expression}: {e}") from e
 
 
+def macro_binding(name: str) -> str | None:
+  """The text a parsed config binds macro ``name`` to (``%gin.REQUIRED`` included), or None."""
+  values = gin.config._CONFIG.get((name, "gin.macro"))
+  return None if values is None else str(values.get("value"))
+
+
 def check_required_macros() -> None:
   """Fails before any work if a macro is still ``%gin.REQUIRED``, naming it and the fix.
 

@@ -127,6 +127,15 @@ def parse_operative_config(text: str) -> dict[str, Any]:
   return {**{k: value_of(v) for k, v in raw.items()}, IMPORTS: modules}
 
 
+def read_run_config(model_dir: str) -> dict[str, Any]:
+  """``parse_operative_config`` of ``MODEL_DIR/config.gin``; {} when the run has none."""
+  path = os.path.join(model_dir, "config.gin")
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return parse_operative_config(f.read())
+
+
 def model_config_from_run(run: Mapping[str, Any]) -> T5Config | None:
   """The T5Config the run trained (``MODEL_CONFIG/network.T5Config.*`` bindings)."""
   scoped: dict[str, dict[str, Any]] = {}
@@ -470,10 +479,7 @@ def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwri
     raise checkpoint_formats.damaged(checkpoint_dir, e.__cause__ or e, array[1]) from None
   ckpt = reader.path
   model_dir = os.path.dirname(ckpt)
-  run: dict[str, Any] = {}
-  if os.path.isfile(os.path.join(model_dir, "config.gin")):
-    with open(os.path.join(model_dir, "config.gin")) as f:
-      run = parse_operative_config(f.read())
+  run = read_run_config(model_dir)
   shapes = reader.shapes("target")
   run_config = None if model_config else model_config_from_run(run)
   config = model_config or run_config or infer_config(shapes)
