@@ -53,6 +53,10 @@ def test_xmtf_eval_writes_the_model_card_results(run_dir, tmp_path, capsys):
   assert "| copa | copa |" in out and "Wrote results.json" in out
   summary = json.loads((out_dir / "results.json").read_text())
   assert len(summary["prompts"]) == 10 and {c["num_examples"] for c in summary["configs"]} == {8}
+  meta = summary["meta"]  # speed: scoring apart from the compilation done ahead of it
+  assert meta["examples"] == 80 and meta["examples_per_second"] > 0
+  assert meta["shapes_compiled"] >= 0 and meta["compile_seconds"] >= 0
+  assert "new scoring shapes in" in out and "Scored 80 examples in" in out
   index = yaml.safe_load((out_dir / "model_index.yaml").read_text())["model-index"]
   assert index[0]["name"] == "tiny" and len(index[0]["results"]) == 2
   assert (out_dir / "charts" / "sentence_completion.png").is_file()

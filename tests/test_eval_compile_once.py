@@ -58,6 +58,27 @@ def test_one_compilation_per_shape_bucket_across_datasets_and_scorers():
                                 np.concatenate(again.score(datasets[2])))
 
 
+def test_shapes_compile_ahead_in_parallel_and_scoring_then_compiles_nothing():
+  """``RankScorer.compile`` finds every shape ``score`` will run (it plans the same batches)
+  and compiles them in parallel threads; scoring afterwards traces nothing."""
+  rng = np.random.default_rng(1)
+  config = CONFIG.replace(mlp_dim=24)  # unused elsewhere: nothing compiled yet
+  datasets = [_dataset(rng, 9, 2), _dataset(rng, 7, 3)]
+  scorer = rc.RankScorer(Transformer(config), random_params(config, seed=5), batch_size=4)
+  shapes = {scorer.batch_shapes([d[i] for i in b]) for d in datasets for b in scorer.plan(d)}
+  assert len(shapes) >= 2  # so that the threads have something to share
+  before = rc.TRACES
+  assert scorer.compile(datasets, threads=2) == len(shapes) == rc.TRACES - before
+  assert scorer.shapes_compiled == len(shapes) and scorer.compile_seconds > 0
+  assert scorer.compile(datasets) == 0  # compiled once per process
+  ahead = [scorer.score(d) for d in datasets]
+  assert rc.TRACES - before == len(shapes)
+  # A scorer that compiles as it goes gives the same scores (one executable per shape).
+  fresh = rc.RankScorer(Transformer(config), scorer.params, batch_size=4)
+  for data, scores in zip(datasets, ahead):
+    np.testing.assert_array_equal(np.concatenate(fresh.score(data)), np.concatenate(scores))
+
+
 def test_eval_summary_reports_examples_per_second():
   results = [evaluation.PromptResult("copa", "copa", p, 0.5, 30, seconds=2.0, scoring_seconds=1.5)
              for p in ("a", "b")]
@@ -72,5 +93,6 @@ def test_eval_summary_reports_examples_per_second():
                                   log=lines.append)
   assert [r.num_examples for r in out] == [4, 4] and all(r.scoring_seconds > 0 for r in out)
   assert lines[-1].startswith("Scored 8 examples in ") and "examples/s" in lines[-1]
+  assert lines[0].startswith("Compiled ") and "new scoring shapes in" in lines[0], lines
   assert evaluation.throughput(out)["examples_per_second"] == pytest.approx(
       8 / sum(r.scoring_seconds for r in out), rel=0.05)

@@ -22,13 +22,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from xmtf_pipeline import eval_report, models, rank_classification
+from xmtf_pipeline import eval_report, models
 from xmtf_pipeline import params as params_lib
 from xmtf_pipeline.network import T5Config
 from xmtf_pipeline.rank_classification import (
   RankClassificationError,
+  RankExample,
   RankScorer,
   TruncationCounts,
+  compile_threads,
   rank_classify_many,
   tokenize_example,
 )
@@ -110,51 +112,45 @@ def evaluate_suite(model: models.EncoderDecoderModel, params: Any, vocabulary: A
                    data_dir: str | None = None, max_examples: int | None = None,
                    batch_size: int = 32, feature_lengths: dict[str, int] | None = None,
                    truncate_side: str = "right",
-                   log: Callable[[str], None] | None = print) -> list[PromptResult]:
+                   log: Callable[[str], None] | None = print,
+                   scorer: RankScorer | None = None) -> list[PromptResult]:
   """Rank-classification accuracy of every (dataset, config, prompt) of ``suite``.
 
   Rows are loaded once per (dataset, config); unlabeled rows are skipped and counted;
   prompts or choices longer than ``feature_lengths`` are truncated and counted. The prompts
   of one (dataset, config) are scored together (fuller batches), and one jitted function
-  serves the whole suite, compiled once per shape bucket (rank_classification._SCORE_FN).
+  serves the whole suite, compiled once per shape bucket (rank_classification._SCORE_FN),
+  all buckets ahead of scoring and in parallel. ``scorer`` (else a new one) keeps the
+  compilation and scoring times.
   """
   from tasks import heldout
 
   check_vocabulary(vocabulary, model.config)
   entries = heldout.resolve_suite(suite) if isinstance(suite, str) else list(suite)
   lengths = {**DEFAULT_LENGTHS, **(feature_lengths or {})}
-  scorer = RankScorer(model.module, params, batch_size)
-  results: list[PromptResult] = []
-  traces = rank_classification.TRACES
+  scorer = scorer or RankScorer(model.module, params, batch_size)
   groups: list[list[tuple[str, str, str]]] = []  # consecutive entries of one (dataset, config)
   for entry in entries:
     if groups and groups[-1][0][:2] == entry[:2]:
       groups[-1].append(entry)
     else:
       groups.append([entry])
-  for group in groups:
-    dataset, config = group[0][:2]
-    rows = heldout.load_rows(dataset, config, data_dir, max_examples)
-    prepared = []
-    for _, _, prompt in group:
-      t0 = time.time()
-      template = heldout.get_prompt(dataset, prompt)
-      counts = TruncationCounts()
-      examples, unlabeled = [], 0
-      for i, row in enumerate(rows):
-        rendered = heldout.render(template, row, f" ({dataset}/{config} row {i})")
-        if rendered is None:
-          unlabeled += 1
-          continue
-        examples.append(tokenize_example(vocabulary, rendered.inputs, rendered.choices,
-                                         rendered.label, lengths["inputs"], lengths["targets"],
-                                         truncate_side, counts))
-      prepared.append((prompt, examples, unlabeled, counts, time.time() - t0))
+  # Every group is tokenized first, so that all shapes compile at once, in parallel, before
+  # any scoring (RankScorer.compile): on small datasets compilation would dominate.
+  prepared = [_prepare_group(group, vocabulary, data_dir, max_examples, lengths, truncate_side)
+              for group in groups]
+  before = scorer.compile_seconds
+  shapes = scorer.compile([[ex for p in group for ex in p[1]] for group in prepared])
+  if log:
+    log(f"Compiled {shapes} new scoring shapes in {scorer.compile_seconds - before:.1f}s "
+        f"({compile_threads()} threads)")
+  results: list[PromptResult] = []
+  for (dataset, config), group in zip((g[0][:2] for g in groups), prepared):
     t0 = time.time()
-    ranked = rank_classify_many(scorer, [p[1] for p in prepared])
+    ranked = rank_classify_many(scorer, [p[1] for p in group])
     scoring = time.time() - t0
-    total = sum(len(p[1]) for p in prepared)
-    for (prompt, examples, unlabeled, counts, seconds), result in zip(prepared, ranked):
+    total = sum(len(p[1]) for p in group)
+    for (prompt, examples, unlabeled, counts, seconds), result in zip(group, ranked):
       share = scoring * len(examples) / total if total else 0.0
       r = PromptResult(dataset, config, prompt, result.accuracy, result.num_examples, unlabeled,
                        counts.inputs, counts.targets, seconds + share, share)
@@ -166,12 +162,40 @@ def evaluate_suite(model: models.EncoderDecoderModel, params: Any, vocabulary: A
             f"({counts.inputs} prompts truncated, {counts.targets} choices truncated{skipped}) "
             f"in {r.seconds:.1f}s")
   if log:
-    log(throughput_line(results) + f", {rank_classification.TRACES - traces} shapes compiled")
+    log(throughput_line(results))
   return results
 
 
+def _prepare_group(group: Sequence[tuple[str, str, str]], vocabulary: Any, data_dir: str | None,
+                   max_examples: int | None, lengths: dict[str, int], truncate_side: str
+                   ) -> list[tuple[str, list[RankExample], int, TruncationCounts, float]]:
+  """Per prompt of one (dataset, config): its tokenized examples, unlabeled rows skipped,
+  truncations and the seconds it took (rows are loaded once for the group)."""
+  from tasks import heldout
+
+  dataset, config = group[0][:2]
+  rows = heldout.load_rows(dataset, config, data_dir, max_examples)
+  prepared = []
+  for _, _, prompt in group:
+    t0 = time.time()
+    template = heldout.get_prompt(dataset, prompt)
+    counts = TruncationCounts()
+    examples, unlabeled = [], 0
+    for i, row in enumerate(rows):
+      rendered = heldout.render(template, row, f" ({dataset}/{config} row {i})")
+      if rendered is None:
+        unlabeled += 1
+        continue
+      examples.append(tokenize_example(vocabulary, rendered.inputs, rendered.choices,
+                                       rendered.label, lengths["inputs"], lengths["targets"],
+                                       truncate_side, counts))
+    prepared.append((prompt, examples, unlabeled, counts, time.time() - t0))
+  return prepared
+
+
 def throughput(results: Sequence[PromptResult]) -> dict[str, Any]:
-  """Scored examples, scoring wall time (compilation included) and examples per second."""
+  """Scored examples, scoring wall time and examples per second (compilation done ahead by
+  ``RankScorer.compile`` not included; any shape it missed would be)."""
   examples = sum(r.num_examples for r in results)
   seconds = sum(r.scoring_seconds for r in results)
   return {"examples": examples, "scoring_seconds": round(seconds, 2),
@@ -181,7 +205,7 @@ def throughput(results: Sequence[PromptResult]) -> dict[str, Any]:
 def throughput_line(results: Sequence[PromptResult]) -> str:
   t = throughput(results)
   return (f"Scored {t['examples']} examples in {t['scoring_seconds']:.1f}s "
-          f"({t['examples_per_second'] or 0:.1f} examples/s, compilation included)")
+          f"({t['examples_per_second'] or 0:.1f} examples/s)")
 
 
 def seqio_score_fn(model: models.EncoderDecoderModel, params: Any, batch_size: int = 32):
@@ -242,11 +266,14 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
         f"of {suite!r}; results in {output_dir}", flush=True)
   params = load_params(checkpoint_path, model.config)
   t0 = time.time()
+  scorer = RankScorer(model.module, params, batch_size)
   results = evaluate_suite(model, params, vocabulary, entries, data_dir, max_examples, batch_size,
-                           feature_lengths, truncate_side)
+                           feature_lengths, truncate_side, scorer=scorer)
   summary = eval_report.aggregate(results)
   summary["meta"] = {"checkpoint_path": checkpoint_path, "suite": suite,
                      "seconds": round(time.time() - t0, 2), **throughput(results),
+                     "compile_seconds": round(scorer.compile_seconds, 2),
+                     "shapes_compiled": scorer.shapes_compiled,
                      "data_dir": data_dir,
                      "max_examples": max_examples, "truncate_side": truncate_side,
                      "feature_lengths": {**DEFAULT_LENGTHS, **(feature_lengths or {})}}

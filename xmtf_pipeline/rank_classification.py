@@ -16,8 +16,10 @@ brute-force reference that runs the whole model once per pair.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -135,6 +137,18 @@ TRACES = 0  # how many times _choice_scores was traced (compiled), all scorers t
 # One jitted function for every scorer: the module (a hashable dataclass of its config) is
 # static, so all datasets, prompts and checkpoints of one model share its compiled shapes.
 _SCORE_FN = jax.jit(_choice_scores, static_argnums=0)
+_COMPILED: set[tuple[Any, ...]] = set()  # (module, parameter avals, shapes) compiled so far
+
+
+def _param_avals(params: Any) -> tuple[Any, ...]:
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  return (treedef, *((tuple(x.shape), str(x.dtype)) for x in leaves))
+
+
+def compile_threads() -> int:
+  """Threads for ahead-of-time compilation: XLA compiles one program on one core."""
+  return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                    else os.cpu_count() or 1))
 
 
 class RankScorer:
@@ -145,7 +159,10 @@ class RankScorer:
   batches); prompt lengths are padded to ``_bucket`` sizes, choices to
   ``_target_bucket`` sizes and short batches with empty rows, so a whole suite compiles a
   handful of shapes, once per process (``_SCORE_FN`` is shared by all scorers).
-  ``examples`` and ``seconds`` add up what ``score`` did (wall time, compilation included).
+  ``compile`` compiles the shapes of coming ``score`` calls ahead, in parallel.
+  ``examples`` and ``seconds`` add up what ``score`` did (wall time, with any compilation
+  ``compile`` did not do ahead); ``compile_seconds`` and ``shapes_compiled`` what
+  ``compile`` did.
   """
 
   def __init__(self, module: Transformer, params: Any, batch_size: int = 32,
@@ -157,19 +174,21 @@ class RankScorer:
     self.batch_size = batch_size
     self.max_batch_tokens = max_batch_tokens or batch_size * 512
     self._fn = functools.partial(_SCORE_FN, module)
+    self._avals = _param_avals(params)
     self.examples = 0
     self.seconds = 0.0
+    self.compile_seconds = 0.0
+    self.shapes_compiled = 0
 
   def rows_for(self, input_length: int) -> int:
     return max(1, min(self.batch_size, self.max_batch_tokens // max(input_length, 1)))
 
-  def score(self, examples: Sequence[RankExample]) -> list[np.ndarray]:
-    """Per example, the float32 scores of its choices (in the choices' order)."""
-    t0 = time.perf_counter()
+  def plan(self, examples: Sequence[RankExample]) -> list[list[int]]:
+    """The batches (example indices) ``score`` runs: sorted by prompt length, then cut to
+    at most ``batch_size`` prompts and ``max_batch_tokens`` padded prompt tokens."""
     order = sorted(range(len(examples)), key=lambda i: (len(examples[i].inputs),
                                                         len(examples[i].choices)))
-    out: list[np.ndarray | None] = [None] * len(examples)
-    start = 0
+    batches, start = [], 0
 
     def padded_tokens(rows: int) -> int:  # sorted: a batch's last prompt is its longest
       return rows * _bucket(len(examples[order[min(start + rows, len(order)) - 1]].inputs))
@@ -178,26 +197,69 @@ class RankScorer:
       rows = self.batch_size
       while rows > 1 and padded_tokens(rows) > self.max_batch_tokens:
         rows -= 1
-      idx = order[start:start + rows]
+      batches.append(order[start:start + rows])
+      start += len(batches[-1])
+    return batches
+
+  def batch_shapes(self, batch: Sequence[RankExample]) -> tuple[tuple[int, int],
+                                                                tuple[int, int, int]]:
+    """The (prompts, choices) array shapes a batch is padded to: its compiled shape."""
+    in_len = _bucket(max(len(ex.inputs) for ex in batch))
+    tgt_len = _target_bucket(max(len(c) for ex in batch for c in ex.choices))
+    num_choices = max(len(ex.choices) for ex in batch)
+    rows = max(self.rows_for(in_len), len(batch))  # one batch size per length bucket
+    return (rows, in_len), (rows, num_choices, tgt_len)
+
+  def compile(self, example_sets: Sequence[Sequence[RankExample]],
+              threads: int | None = None) -> int:
+    """Compiles, before any scoring, each shape that ``score(s)`` for ``s`` in
+    ``example_sets`` will run and this process has not compiled; returns how many.
+
+    Tracing is serial, XLA's compilations run in ``threads`` parallel threads (default
+    ``compile_threads()``); ``score`` then finds every shape in jit's cache. On a small
+    suite compilation would otherwise cost more than scoring (17 shapes, ~2 s each for
+    the tiny model on one CPU core).
+    """
+    t0 = time.perf_counter()
+    shapes = {self.batch_shapes([s[i] for i in batch])
+              for s in example_sets for batch in self.plan(s)}
+    lowered = []
+    for enc, tgt in sorted(shapes):
+      key = (self.module, self._avals, enc, tgt)
+      if key in _COMPILED:
+        continue
+      lowered.append((key, _SCORE_FN.lower(
+          self.module, self.params, jax.ShapeDtypeStruct(enc, jnp.int32),
+          jax.ShapeDtypeStruct(tgt, jnp.int32))))
+    if lowered:
+      with concurrent.futures.ThreadPoolExecutor(threads or compile_threads()) as pool:
+        list(pool.map(lambda item: item[1].compile(), lowered))
+      _COMPILED.update(key for key, _ in lowered)
+    self.shapes_compiled += len(lowered)
+    self.compile_seconds += time.perf_counter() - t0
+    return len(lowered)
+
+  def score(self, examples: Sequence[RankExample]) -> list[np.ndarray]:
+    """Per example, the float32 scores of its choices (in the choices' order)."""
+    t0 = time.perf_counter()
+    out: list[np.ndarray | None] = [None] * len(examples)
+    for idx in self.plan(examples):
       batch = [examples[i] for i in idx]
       for i, ex, row in zip(idx, batch, self._score_batch(batch)):
         out[i] = row[:len(ex.choices)]
-      start += len(idx)
     self.examples += len(examples)
     self.seconds += time.perf_counter() - t0
     return out  # type: ignore[return-value]
 
   def _score_batch(self, batch: Sequence[RankExample]) -> np.ndarray:
-    in_len = _bucket(max(len(ex.inputs) for ex in batch))
-    tgt_len = _target_bucket(max(len(c) for ex in batch for c in ex.choices))
-    num_choices = max(len(ex.choices) for ex in batch)
-    rows = self.rows_for(in_len)  # one batch size per length bucket: one compiled shape
-    enc = np.zeros((max(rows, len(batch)), in_len), np.int32)
-    tgt = np.zeros((len(enc), num_choices, tgt_len), np.int32)
+    (rows, in_len), (_, num_choices, tgt_len) = self.batch_shapes(batch)
+    enc = np.zeros((rows, in_len), np.int32)
+    tgt = np.zeros((rows, num_choices, tgt_len), np.int32)
     for r, ex in enumerate(batch):
       enc[r, :len(ex.inputs)] = ex.inputs
       for c, choice in enumerate(ex.choices):
         tgt[r, c, :len(choice)] = choice
+    _COMPILED.add((self.module, self._avals, enc.shape, tgt.shape))
     scores = np.asarray(self._fn(self.params, jnp.asarray(enc), jnp.asarray(tgt)))
     return scores[:len(batch)]
 
