@@ -81,7 +81,8 @@ def mt5_vocabulary_config(path: str | None = None, extra_ids: int | None = None,
   if extra_ids is not None:
     how = "extra_ids from gin tasks.vocab.mt5_vocabulary_config.extra_ids"
   elif folder and resolved == folder[0] and folder[1] is not None:
-    extra_ids, how = folder[1], "extra_ids declared in the folder's tokenizer_config.json"
+    extra_ids, how = folder[1], ("extra_ids declared with it" if folder[2] else
+                                 "extra_ids declared in the folder's tokenizer_config.json")
   else:
     extra_ids, how = infer_extra_ids(resolved)
   return (resolved, extra_ids, f"{source}; {extra_ids} {how}") if describe else (resolved,

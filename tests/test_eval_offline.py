@@ -1,5 +1,7 @@
 """`xmtf eval` offline: the bundled suite needs no network, a remote vocabulary fails in one line."""
 
+from pathlib import Path
+
 import pytest
 
 import gin
@@ -167,3 +169,28 @@ def test_round_trip_hf_import_eval_export_keeps_the_tokenizer(hf_dir, tmp_path, 
   tok = json.loads((tmp_path / "again" / "tokenizer_config.json").read_text())
   assert tok["extra_ids"] == 100
   assert (tmp_path / "again" / "spiece.model").read_bytes() == (hf_dir / "spiece.model").read_bytes()
+
+
+def test_a_run_of_the_sample_task_brings_its_vocabulary(tmp_path, no_default_vocabulary):
+  """`xmtf eval --checkpoint <demo run>/checkpoint_N` needs no vocabulary setting: as export-hf,
+  eval takes the run's task's vocabulary from its config.gin (the demo trains on xp3_sample,
+  whose sample model is not mT5's). A task on mT5's default vocabulary leaves the usual order."""
+  from tasks import vocab
+  from xmtf_pipeline import evaluation
+  for task, expected in (("xp3_sample", vocab.SAMPLE_SPM), ("xp3_bm", None)):
+    run = tmp_path / task
+    run.mkdir()
+    (run / "config.gin").write_text(f"MIXTURE_OR_TASK_NAME = '{task}'\n"
+                                    "MIXTURE_OR_TASK_MODULE = 'tasks.xp3'\n")
+    found = evaluation.checkpoint_vocabulary(str(run / "checkpoint_40"))
+    if expected is None:
+      assert found is None
+      continue
+    assert found is not None and Path(found[0]) == Path(expected), found
+    assert f"task '{task}'" in found[2] and "config.gin" in found[2]
+    try:
+      line = evaluation.choose_vocabulary(str(run / "checkpoint_40"))
+      assert "xp3_sample.model (the checkpoint's own" in line, line
+      assert vocab.mt5_vocabulary().vocab_size == vocab.sample_vocabulary().vocab_size
+    finally:
+      vocab.use_checkpoint_vocabulary(None)

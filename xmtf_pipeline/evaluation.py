@@ -400,7 +400,8 @@ def checkpoint_vocabulary(checkpoint_path: str) -> tuple[str, int | None, str] |
 
   An HF folder's ``spiece.model`` (extra ids from its tokenizer_config.json); for our and T5X
   checkpoints, the run's ``MODEL_DIR/config.gin`` vocabulary, else ``MODEL_DIR/spiece.model``
-  (``xmtf import-hf`` keeps it there).
+  (``xmtf import-hf`` keeps it there), else the vocabulary of the run's task, as export-hf
+  finds it (e.g. the demo's sample model).
   """
   from tasks import vocab as vocab_lib
   from xmtf_pipeline.interop import hf_export, hf_import
@@ -420,6 +421,15 @@ def checkpoint_vocabulary(checkpoint_path: str) -> tuple[str, int | None, str] |
   spm = os.path.join(model_dir, "spiece.model")
   if os.path.isfile(spm):
     return spm, vocab_lib.declared_extra_ids(model_dir), ""
+  if isinstance(run.get("MIXTURE_OR_TASK_NAME"), str):  # as export-hf: the run's task's own
+    try:
+      path, extra, how = hf_export.resolve_spm(None, run, model_dir)
+    except hf_export.HFExportError as e:
+      print(f"Vocabulary: not found through the run's task ({e})", flush=True)
+      return None
+    if path == vocab_lib.mt5_vocabulary_config()[0]:
+      return None  # the task uses the mT5 default: its usual order (gin, env, GCS) applies
+    return path, extra, f"{how}, from {model_dir}/config.gin"
   return None
 
 
