@@ -286,7 +286,21 @@ def _report(*args):
                         text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
 
 
-def test_report_gives_median_and_max_over_prompts(tmp_path):
+def _report_here(capsys, *args):
+  """The script's main() in this process: (exit status, stdout, stderr). Each test below runs
+  the script once as its own process (`python scripts/t5x_eval_report.py`, exit status via
+  sys.exit) and its further calls here, sparing a TensorFlow import per call."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("t5x_eval_report", REPORT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  capsys.readouterr()
+  rc = module.main([str(a) for a in args])
+  out, err = capsys.readouterr()
+  return rc, out, err
+
+
+def test_report_gives_median_and_max_over_prompts(tmp_path, capsys):
   accs = {"heldout_copa_best_option": 75.0, "heldout_copa_cause_effect": 50.0,
           "heldout_copa_i_am_hesitating": 100.0, "heldout_cb_gpt_3_style": 25.0}
   _fake_t5x_eval(tmp_path, accs)
@@ -302,19 +316,20 @@ def test_report_gives_median_and_max_over_prompts(tmp_path):
   assert "name: mt0-test" in (tmp_path / "model_index.yaml").read_text()
   assert "| copa | copa | 75.00 | 100.00 |" in (tmp_path / "results.md").read_text()
   # an earlier step on request
-  again = _report(tmp_path, "--step", "1", "--no_charts", "--output_dir", tmp_path / "s1")
-  assert again.returncode == 0, again.stderr
+  rc, _, err = _report_here(capsys, tmp_path, "--step", "1", "--no_charts", "--output_dir",
+                           tmp_path / "s1")
+  assert rc == 0, err
   assert json.loads((tmp_path / "s1" / "results.json").read_text())["configs"][0]["max"] == 0.0
 
 
-def test_report_refuses_a_metric_its_scores_contradict_and_an_empty_folder(tmp_path):
+def test_report_refuses_a_metric_its_scores_contradict_and_an_empty_folder(tmp_path, capsys):
   _fake_t5x_eval(tmp_path / "a", {"heldout_copa_best_option": 75.0})
   metrics = tmp_path / "a" / "inference_eval" / "heldout_copa_best_option-metrics.jsonl"
   metrics.write_text(json.dumps({"step": 7, "accuracy": 50.0}) + "\n")
   out = _report(tmp_path / "a", "--no_charts")
   assert out.returncode == 1 and "logged accuracy 50.0, its scored rows give 75.0" in out.stderr
-  out = _report(tmp_path / "empty", "--no_charts")
-  assert out.returncode == 1 and "No heldout_*-metrics.jsonl" in out.stderr
+  rc, _, err = _report_here(capsys, tmp_path / "empty", "--no_charts")
+  assert rc == 1 and "No heldout_*-metrics.jsonl" in err
 
 
 # --------------------------------------------------------------------------- real runs
