@@ -19,7 +19,9 @@ if [ -f "$STAMP" ]; then
   exit 0
 fi
 echo "[install] installing $SPEC with constraints.txt (first time: a few minutes)"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e "$SPEC"
+# --no-compile: Python compiles what is imported on first use; byte-compiling every file of
+# TensorFlow, torch and JAX up front took 76 of 169 s on 2 cores.
+.venv/bin/python -m pip install --quiet --no-compile --disable-pip-version-check -c constraints.txt -e "$SPEC"
 # Accelerators: XMTF_JAX_EXTRA=tpu (TPU VMs) or cuda12 (NVIDIA GPUs) adds JAX's backend plugin.
 if [ -n "${XMTF_JAX_EXTRA:-}" ]; then
   .venv/bin/python -m pip install --quiet "jax[${XMTF_JAX_EXTRA}]==0.10.2"

@@ -24,10 +24,13 @@ def test_unknown_model_is_a_clear_error(capsys):
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
   assert cli.main(["demo", "--model_dir", str(tmp_path / "demo"), "--steps", "12",
-                   "--batch_size", "8"]) == 0
+                   "--batch_size", "8", "--eval_examples", "16"]) == 0
   out = capsys.readouterr().out
   assert "[4/4] validation after 12 steps" in out and "greedy outputs" in out
-  assert "[eval] zero-shot rank classification" in out and "copa" in out.lower()
+  assert "[eval] zero-shot rank classification on the first 16 bundled" in out
+  for dataset in ("| winogrande | xl |", "| cb | cb |", "| rte | rte |", "| copa | copa |"):
+    assert any(line.startswith(dataset) and line.endswith("| 5 | 16 |")
+               for line in out.splitlines()), (dataset, out)
   assert (tmp_path / "demo" / "checkpoint_12").is_dir()
   assert (tmp_path / "demo" / "hf" / "config.json").is_file()
   assert (tmp_path / "demo" / "hf" / "model.safetensors").is_file()

@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def _demo(args: argparse.Namespace) -> int:
   from xmtf_pipeline.tools import demo
   return demo.main(model=args.model, model_dir=args.model_dir, steps=args.steps,
-                   batch_size=args.batch_size)
+                   batch_size=args.batch_size, eval_examples=args.eval_examples)
 
 
 def _params(args: argparse.Namespace) -> int:
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "then xmtf/demo)")
   p.add_argument("--steps", type=int, default=400, help="training steps")
   p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--eval_examples", type=int, default=None, metavar="N",
+                 help="evaluate on the first N bundled rows of each dataset (default: all)")
   p.set_defaults(func=_demo)
 
   # Commands with their own T5X-style flag parsers: listed here, dispatched in main().

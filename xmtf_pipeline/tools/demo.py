@@ -76,7 +76,7 @@ def default_model_dir() -> str:
 
 
 def main(model: str = "mt5_tiny", model_dir: str | None = None, steps: int = 400,
-         batch_size: int = 32) -> int:
+         batch_size: int = 32, eval_examples: int | None = None) -> int:
   t0 = time.time()
   model_dir = os.path.abspath(model_dir or default_model_dir())
   _fresh_dir(model_dir)
@@ -128,9 +128,11 @@ def main(model: str = "mt5_tiny", model_dir: str | None = None, steps: int = 400
           f"prediction: {vocab.decode(pred.tolist())!r}")
   from xmtf_pipeline import evaluation
   t_eval = time.time()
-  table = evaluation.run_suite(em, trained, vocab, datasets=("copa", "cb", "rte", "winogrande"))
-  print("[eval] zero-shot rank classification on the bundled real validation rows (5 prompts "
-        f"each; a tiny model is near chance, as expected), {time.time() - t_eval:.0f}s:")
+  table = evaluation.run_suite(em, trained, vocab, datasets=("copa", "cb", "rte", "winogrande"),
+                               max_examples=eval_examples)
+  rows = f"the first {eval_examples}" if eval_examples else "the"
+  print(f"[eval] zero-shot rank classification on {rows} bundled real validation rows (5 "
+        f"prompts each; a tiny model is near chance, as expected), {time.time() - t_eval:.0f}s:")
   print(table)
   from xmtf_pipeline.interop import hf_export
   hf_dir = os.path.join(model_dir, "hf")
