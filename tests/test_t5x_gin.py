@@ -291,22 +291,26 @@ def _tasks_modules() -> list[str]:
   return sorted(mods)
 
 
-def _modules_after(imports: list[str]) -> set[str]:
-  code = "import json, sys\n" + "".join(f"import {m}\n" for m in imports) + \
-      "print(json.dumps(sorted(sys.modules)))\n"
+def _modules_after(*stages: list[str]) -> list[set[str]]:
+  """One fresh process imports each stage's modules in turn: sys.modules after each stage."""
+  code = "import json, sys\n" + "".join(
+      "".join(f"import {m}\n" for m in imports) + "print(json.dumps(sorted(sys.modules)))\n"
+      for imports in stages)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
-  return set(json.loads(out.stdout.strip().splitlines()[-1]))
+  return [set(json.loads(line)) for line in out.stdout.strip().splitlines()[-len(stages):]]
 
 
 def test_tasks_import_without_our_engine():
   """What the gin files import loads no xmtf_pipeline, no optax, and no flax beyond seqio's own."""
   mods = _tasks_modules()
   assert {"tasks.xp3", "tasks.mc4", "tasks.vocab"} <= set(mods)
-  with_tasks = _modules_after(mods)
-  seqio_alone = _modules_after(["seqio"])
+  # One fresh process: seqio alone, then the tasks modules on top of it. Whatever the tasks
+  # modules load imported alone is loaded here too (they import seqio themselves), so each
+  # check below fails wherever it failed with the two imports in two processes.
+  seqio_alone, with_tasks = _modules_after(["seqio"], mods)
   assert set(mods) <= with_tasks
   assert not [m for m in with_tasks if m.split(".")[0] in ("xmtf_pipeline", "optax")]
   flax = {m for m in with_tasks if m.split(".")[0] == "flax"}
