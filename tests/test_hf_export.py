@@ -359,3 +359,23 @@ def test_lengths_come_from_the_runs_eval_results(tmp_path):
   card = (out / "README.md").read_text()
   assert "- Training: {'inputs': 1024, 'targets': 1024} tokens" in card
   assert "prompts truncated to 512 tokens from the right, answer choices to 64" in card
+
+
+def test_tokenizer_says_when_sentinels_do_not_fit(tmp_path):
+  """No sentinels in the file and no room for mT5's 100 after its pieces: 0 extra ids, said in a
+  warning (eval would assume 100), never silently; with room, 100 and no such warning."""
+  import sentencepiece as spm
+
+  from tasks import vocab
+  from xmtf_pipeline.interop import hf_export
+  spm_path = str(vocab.SAMPLE_SPM)
+  pieces = spm.SentencePieceProcessor(model_file=spm_path).get_piece_size()
+  for size, extra in ((pieces + 50, 0), (pieces + 100, 100)):
+    out = tmp_path / str(size)
+    out.mkdir()
+    warnings = hf_export.write_tokenizer(str(out), spm_path, None, size)
+    assert json.loads((out / "tokenizer_config.json").read_text())["extra_ids"] == extra
+    said = [w for w in warnings if "sentinels" in w]
+    assert bool(said) == (extra == 0), warnings
+    if said:
+      assert f"{pieces} pieces" in said[0] and f"{size} embeddings" in said[0]

@@ -280,9 +280,15 @@ def write_tokenizer(out: str, spm_path: str, extra_ids: int | None, vocab_size: 
   if ids != {"pad": 0, "eos": 1, "unk": 2}:
     raise HFExportError(f"{spm_path} has ids {ids}; mT5 models need pad 0, eos 1, unk 2.")
   pieces = sp.get_piece_size()
+  warnings = []
   if extra_ids is None:
     has_sentinels = sp.piece_to_id("<extra_id_0>") != sp.unk_id()
     extra_ids = 0 if has_sentinels or pieces + 100 > vocab_size else 100
+    if not has_sentinels and extra_ids == 0:  # said, not silent: eval would have assumed 100
+      warnings.append(
+          f"{spm_path} holds no <extra_id_*> sentinels and {pieces} pieces + mT5's 100 would "
+          f"exceed the model's {vocab_size} embeddings: the tokenizer gets 0 extra ids. If the "
+          "run used sentinels, pass the vocabulary it trained with (--spm_model PATH).")
   if pieces + extra_ids > vocab_size:
     raise HFExportError(f"{spm_path} has {pieces} pieces + {extra_ids} extra ids, more than the "
                         f"model's {vocab_size} embeddings: not this model's vocabulary.")
@@ -295,7 +301,6 @@ def write_tokenizer(out: str, spm_path: str, extra_ids: int | None, vocab_size: 
                "model_max_length": model_max_length}, f, indent=2)
   with open(os.path.join(out, "special_tokens_map.json"), "w") as f:
     json.dump(tokens, f, indent=2)
-  warnings = []
   if proto.trainer_spec.byte_fallback:
     warnings.append(
         "The SentencePiece model uses byte_fallback, which transformers' T5Tokenizer ignores: "
