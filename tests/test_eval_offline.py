@@ -149,11 +149,18 @@ def test_hf_folder_extra_ids_without_tokenizer_config(hf_dir, tmp_path, no_defau
       vocab.use_checkpoint_vocabulary(None)
 
 
+@pytest.mark.parametrize("extra", [100, 0])
 def test_round_trip_hf_import_eval_export_keeps_the_tokenizer(hf_dir, tmp_path, capsys,
-                                                               no_default_vocabulary):
+                                                               no_default_vocabulary, extra):
   """HF folder -> import-hf -> eval (no model or vocabulary flags) -> export-hf: every step
-  uses the folder's spiece.model with the same 100 extra ids."""
+  uses the folder's spiece.model with the extra ids its tokenizer_config.json declares (0 is
+  not what the file alone implies: 500 pieces, no sentinels)."""
   import json
+  import shutil
+  if extra != 100:
+    hf_dir = Path(shutil.copytree(hf_dir, tmp_path / "hf"))
+    tok = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps({**tok, "extra_ids": extra}))
   ours = tmp_path / "ours"
   assert cli.main(["import-hf", "--hf_dir", str(hf_dir), "--output_dir", str(ours)]) == 0
   rc = cli.main(["eval", "--checkpoint", str(ours / "checkpoint_0"), "--suite", "copa",
@@ -163,11 +170,11 @@ def test_round_trip_hf_import_eval_export_keeps_the_tokenizer(hf_dir, tmp_path, 
   assert rc == 0, out
   assert f"Model: {ours}/config.gin" in out
   line = next(line for line in out.splitlines() if line.startswith("Vocabulary: "))
-  assert line.startswith(f"Vocabulary: {ours}/spiece.model (the checkpoint's own; 100 extra"), line
+  assert line.startswith(f"Vocabulary: {ours}/spiece.model (the checkpoint's own; {extra} extra"), line
   assert cli.main(["export-hf", "--checkpoint_dir", str(ours / "checkpoint_0"), "--output_dir",
                    str(tmp_path / "again")]) == 0
   tok = json.loads((tmp_path / "again" / "tokenizer_config.json").read_text())
-  assert tok["extra_ids"] == 100
+  assert tok["extra_ids"] == extra
   assert (tmp_path / "again" / "spiece.model").read_bytes() == (hf_dir / "spiece.model").read_bytes()
 
 

@@ -187,8 +187,9 @@ def resolve_spm(spm_model: str | None, run: Mapping[str, Any], model_dir: str
                    None)
       return value, extra, f"{key} in config.gin"
   local = os.path.join(model_dir, "spiece.model")
-  if os.path.isfile(local):
-    return local, None, f"{local}"
+  if os.path.isfile(local):  # import-hf keeps it there, with the extra ids the folder declared
+    from tasks import vocab as vocab_lib
+    return local, vocab_lib.declared_extra_ids(model_dir), f"{local}"
   task = run.get("MIXTURE_OR_TASK_NAME")
   if isinstance(task, str):
     try:

@@ -315,11 +315,17 @@ def restore_state(path: str, config: T5Config, target: Any) -> dict[str, Any]:
   return {"target": params_lib.unflatten(flat), "state": state}
 
 
+TOKENIZER_FILES = ("spiece.model", "tokenizer_config.json")  # the model, its extra_ids
+
+
 def _copy_tokenizer(hf_dir: str, out: str) -> None:
-  """Keeps the SentencePiece model next to the checkpoint, so export-hf finds it again."""
-  src = os.path.join(hf_dir, "spiece.model")
-  if os.path.isfile(src):
-    shutil.copyfile(src, os.path.join(out, "spiece.model"))
+  """Keeps the SentencePiece model (and the extra ids its tokenizer_config.json declares) next
+  to the checkpoint, so eval and export-hf find the same vocabulary again."""
+  if not os.path.isfile(os.path.join(hf_dir, "spiece.model")):
+    return
+  for name in TOKENIZER_FILES:
+    if os.path.isfile(os.path.join(hf_dir, name)):
+      shutil.copyfile(os.path.join(hf_dir, name), os.path.join(out, name))
 
 
 def write_model_gin(config: T5Config, path: str, header: str) -> None:
@@ -416,7 +422,7 @@ def is_import_output(path: str) -> bool:
   except (OSError, ValueError, KeyError, TypeError):
     return False
   return (f"checkpoint_{step}" in names
-          and names <= {f"checkpoint_{step}", "config.gin", "spiece.model", IMPORT_SOURCE})
+          and names <= {f"checkpoint_{step}", "config.gin", *TOKENIZER_FILES, IMPORT_SOURCE})
 
 
 def train_state_leaves(params: Iterator[tuple[str, np.ndarray]], step: int
@@ -445,8 +451,8 @@ def import_hf(hf_dir: str, output_dir: str, overwrite: bool = False,
   it, and so does INITIAL_CHECKPOINT_PATH (``checkpoint_formats.restore_initial``) and
   ``xmtf export-hf``; it is an initial checkpoint, not a MODEL_DIR to resume.
   It holds the parameters and a zero Adafactor state at ``step`` (default 0),
-  plus ``config.gin`` with the architecture and ``spiece.model`` when the HF
-  directory has one. Returns the checkpoint folder.
+  plus ``config.gin`` with the architecture and ``spiece.model`` (with its
+  ``tokenizer_config.json``) when the HF directory has one. Returns the checkpoint folder.
   """
   from xmtf_pipeline.interop import t5x_import
 
