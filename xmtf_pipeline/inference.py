@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xmtf_pipeline import decoding, evaluation, models
+from xmtf_pipeline import checkpoint_contents, decoding, evaluation, models
 from xmtf_pipeline import rank_classification as rc
 from xmtf_pipeline.rank_classification import _bucket
 
@@ -323,7 +323,7 @@ def _infer_plain_flags():
       PlainFlag("--task", "MIXTURE_OR_TASK_NAME", "a registered SeqIO task instead of a file"),
       PlainFlag("--mode", "INFER_MODE", "predict or score"),
       PlainFlag("--decoding", "DECODING", "greedy, beam or sample"),
-      PlainFlag("--spm_model", evaluation.VOCAB_PATH_BINDING,
+      PlainFlag("--spm_model", checkpoint_contents.VOCAB_PATH_BINDING,
                 "SentencePiece model (default: the checkpoint's own, else mT5's)"),
       PlainFlag("--batch_size", "BATCH_SIZE", "rows per batch (default 32)", int),
       PlainFlag("--max_examples", "INFER_NUM_EXAMPLES", "rows to read (default: all)", int),
