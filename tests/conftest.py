@@ -29,3 +29,25 @@ from xmtf_pipeline.network import T5Config  # noqa: E402
 def tiny_config() -> T5Config:
   return T5Config(vocab_size=96, emb_dim=32, num_heads=4, num_encoder_layers=2,
                   num_decoder_layers=3, head_dim=8, mlp_dim=48, dtype="float32")
+
+
+if os.environ.get("XMTF_TEST_PROFILE"):
+  # XMTF_TEST_PROFILE=FILE appends one line per test: wall seconds, this process's CPU seconds
+  # and its finished subprocesses' CPU seconds (how tests/README.md's cost table is measured).
+  import json
+  import resource
+  import time
+
+  def _cpu(who):
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+  @pytest.hookimpl(hookwrapper=True)
+  def pytest_runtest_protocol(item, nextitem):
+    start = (time.perf_counter(), _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN))
+    yield
+    end = (time.perf_counter(), _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN))
+    wall, cpu, child = (b - a for a, b in zip(start, end))
+    with open(os.environ["XMTF_TEST_PROFILE"], "a") as f:
+      f.write(json.dumps({"test": item.nodeid, "wall": round(wall, 2), "cpu": round(cpu, 2),
+                          "child_cpu": round(child, 2)}) + "\n")
