@@ -21,9 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 def _env(devices=None):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
   if devices:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  else:
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} "
+                        f"--xla_force_host_platform_device_count={devices}").strip()
   return env
 
 

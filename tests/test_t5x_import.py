@@ -262,7 +262,7 @@ def test_gcs_needs_credentials(tmp_path, monkeypatch):
 
 _SHARDED_RESTORE = """
 import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
