@@ -11,8 +11,7 @@ echo "[test] ruff check ."
 # Three pytest workers (pytest-xdist) by default. The suite is CPU-bound, yet on 2 cores three
 # workers finished in 10:50 against 13:11 for two and 11:54 for four (measured 2026-11-28):
 # subprocess tests spend seconds waiting on signals, child start-up and checkpoint writes.
-# XMTF_TEST_WORKERS=0 runs in one process; worksteal balances the long tests, which conftest.py
-# starts first (tests/README.md lists them).
+# XMTF_TEST_WORKERS=0 runs in one process; worksteal balances the long tests (tests/README.md).
 WORKERS="${XMTF_TEST_WORKERS:-3}"
 echo "[test] pytest (workers: $WORKERS)"
 if [ "$WORKERS" = "0" ]; then
