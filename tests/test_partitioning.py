@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import micro_model
 import numpy as np
 import pytest
 
@@ -99,7 +100,8 @@ def _train_cmd(model_dir, steps, extra=()):
       "train/input_pipeline.DatasetConfig.shuffle": "False",
   }
   return [sys.executable, "-m", "xmtf_pipeline.train", "--gin_file=models/mt5_tiny.gin",
-          "--gin_file=runs/finetune.gin", *[f"--gin.{k}={v}" for k, v in flags.items()], *extra]
+          "--gin_file=runs/finetune.gin", *micro_model.GIN_FLAGS,
+          *[f"--gin.{k}={v}" for k, v in flags.items()], *extra]
 
 
 def _run_processes(model_dir, steps, n):
@@ -130,10 +132,10 @@ def _run_processes(model_dir, steps, n):
 def _params(model_dir, step):
   import jax
 
-  from xmtf_pipeline import checkpoints, gin_config, params
+  from xmtf_pipeline import checkpoints, params
   from xmtf_pipeline.adafactor import Adafactor
   from xmtf_pipeline.trainer import TrainState
-  cfg = gin_config.load_model_config("mt5_tiny")
+  cfg = micro_model.config()
   target = TrainState.create(params.init_params(cfg, jax.random.PRNGKey(0)), Adafactor())
   ckpt = checkpoints.Checkpointer(str(model_dir))
   got = ckpt.restore_latest(target.state_dict())

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import jax
+import micro_model
 import numpy as np
 import pytest
 
@@ -34,7 +35,7 @@ def _flags(model_dir, steps=30, **overrides):
       "EVAL_PERIOD": "0",
   }
   macros.update({k: str(v) for k, v in overrides.items()})
-  return (["--gin_file=models/mt5_tiny.gin", "--gin_file=runs/finetune.gin"]
+  return (["--gin_file=models/mt5_tiny.gin", "--gin_file=runs/finetune.gin", *micro_model.GIN_FLAGS]
           + [f"--gin.{k}={v}" for k, v in macros.items() if v != "UNSET"])
 
 
@@ -47,7 +48,7 @@ def _spawn(model_dir, steps, **overrides):
 
 
 def _final_params(model_dir, step):
-  config = gin_config.load_model_config("mt5_tiny")
+  config = micro_model.config()
   target = params.init_params(config, jax.random.PRNGKey(0))
   from xmtf_pipeline.adafactor import Adafactor
   from xmtf_pipeline.trainer import TrainState

@@ -14,8 +14,10 @@ from xmtf_pipeline.network import T5Config
 from xmtf_pipeline.partitioning import Partitioner
 from xmtf_pipeline.tools import planner
 
-CONFIG = T5Config(vocab_size=512, emb_dim=64, num_heads=4, num_encoder_layers=2,
-                  num_decoder_layers=2, head_dim=16, mlp_dim=128, dtype="float32")
+# mt5_tiny's widths with one layer each (tests/micro_model.py): sharding does not depend on depth,
+# and each of the five meshes compiles its own program.
+CONFIG = T5Config(vocab_size=512, emb_dim=64, num_heads=4, num_encoder_layers=1,
+                  num_decoder_layers=1, head_dim=16, mlp_dim=128, dtype="float32")
 
 
 def batches(n, batch=16, li=24, lt=12):
