@@ -186,9 +186,10 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
       ds, f"the training data of {train_dataset_cfg.mixture_or_task_name!r}")
   logger = RunLogger(model_dir, total_steps, start_step, train_dataset_cfg.batch_size,
                      log_period, progress_bar)
-  eval_fn = None
-  if train_eval_dataset_cfg is not None:
+  eval_fn = eval_ds = None
+  if train_eval_dataset_cfg is not None and eval_period:
     eval_fn = trainer.jit_eval_step(model, partitioner, mesh, shardings["target"])
+    eval_ds = train_eval_dataset(train_eval_dataset_cfg, eval_steps, shard_id, num_shards)
   validate = _validation_hook(model, model_dir, train_dataset_cfg, validation_suite,
                               validation_max_examples, validation_data_dir)
   first_loss = last_loss = None
@@ -212,9 +213,8 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
           first_loss = metrics["loss"] if first_loss is None else first_loss
           last_loss = metrics["loss"]
         if eval_fn is not None and eval_period and step % eval_period == 0:
-          eval_metrics = run_train_eval(
-              eval_fn, state.params, train_eval_dataset_cfg, eval_steps, shard_id, num_shards,
-              shard=lambda b: partitioner.shard_batch(mesh, b))
+          eval_metrics = run_train_eval(eval_fn, state.params, train_eval_dataset_cfg, eval_ds,
+                                        shard=lambda b: partitioner.shard_batch(mesh, b))
           logger.write_eval(step, eval_metrics)
         if validate is not None and eval_period and step % eval_period == 0:
           logger.write_validation(step, validate(jax.device_get(state.params), step))
@@ -325,13 +325,23 @@ class DiskLayout:
     return self._unstack(state_dict) if self._scanned else state_dict
 
 
-def run_train_eval(eval_fn, params_tree, cfg: input_pipeline.DatasetConfig, eval_steps: int,
-                   shard_id: int = 0, num_shards: int = 1, shard=None) -> dict[str, float]:
-  """Teacher-forced loss and accuracy over ``eval_steps`` batches of the validation split."""
+def train_eval_dataset(cfg: input_pipeline.DatasetConfig, eval_steps: int, shard_id: int = 0,
+                       num_shards: int = 1):
+  """The first ``eval_steps`` batches (all if 0) of the train_eval split, one epoch.
+
+  Built once per run and iterated afresh at each evaluation, as T5X does: building a mixture's
+  pipeline costs about 0.3 s per task (the 15-task bundled sample: 6 s), every time.
+  """
   ds = input_pipeline.get_dataset(cfg, cfg.seed, shard_id, num_shards, num_epochs=1)
+  return ds.take(eval_steps) if eval_steps else ds
+
+
+def run_train_eval(eval_fn, params_tree, cfg: input_pipeline.DatasetConfig, ds,
+                   shard=None) -> dict[str, float]:
+  """Teacher-forced loss and accuracy over the batches of ``ds`` (``train_eval_dataset``)."""
   totals: dict[str, Any] = {}
   n = 0
-  for batch in input_pipeline.iterate(ds.take(eval_steps) if eval_steps else ds):
+  for batch in input_pipeline.iterate(ds):
     stats = jax.device_get(eval_fn(params_tree, shard(batch) if shard else batch))
     totals = {k: totals.get(k, 0.0) + np.asarray(v) for k, v in stats.items()}
     n += 1

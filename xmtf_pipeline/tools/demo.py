@@ -89,7 +89,8 @@ def main(model: str = "mt5_tiny", model_dir: str | None = None, steps: int = 400
                                           pack=True)
   em = models.EncoderDecoderModel(config, loss_normalizing_factor="AVERAGE_PER_SEQUENCE")
   init = params.init_params(config, jax.random.PRNGKey(0))  # = the run's init (RANDOM_SEED 0)
-  before = train_lib.run_train_eval(jit_eval_step(em), init, eval_cfg, 8)
+  eval_step, eval_ds = jit_eval_step(em), train_lib.train_eval_dataset(eval_cfg, 8)
+  before = train_lib.run_train_eval(eval_step, init, eval_cfg, eval_ds)
   print(f"[2/4] validation before training: loss {before['loss']:.4f}, "
         f"token accuracy {before['accuracy']:.3f}")
 
@@ -109,7 +110,7 @@ def main(model: str = "mt5_tiny", model_dir: str | None = None, steps: int = 400
   step, state_dict, _ = ckpt.restore_latest(state.state_dict())
   ckpt.close()
   trained = state_dict["target"]
-  after = train_lib.run_train_eval(jit_eval_step(em), trained, eval_cfg, 8)
+  after = train_lib.run_train_eval(eval_step, trained, eval_cfg, eval_ds)
   print(f"[4/4] validation after {step} steps: loss {after['loss']:.4f} "
         f"(before {before['loss']:.4f}), token accuracy {after['accuracy']:.3f} "
         f"(before {before['accuracy']:.3f}); training took {t_train:.0f}s")
