@@ -21,7 +21,19 @@ fi
 echo "[install] installing $SPEC with constraints.txt (first time: a few minutes)"
 # pip's own byte-compiling is serial (76 of 169 s on 2 cores), so it is skipped and done below on
 # every core instead.
-.venv/bin/python -m pip install --quiet --no-compile --disable-pip-version-check -c constraints.txt -e "$SPEC"
+# The editable build needs pyproject's build-system pins. Where the venv already has exactly those
+# (later installs: the base packages bring setuptools and wheel), pip builds in the venv instead
+# of setting up an isolated build env first: 15 -> 8 s for a pip run with nothing new to install.
+ISOLATION=()
+if .venv/bin/python -c '
+import importlib.metadata as m, tomllib
+for pin in tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]:
+  name, version = pin.split("==")
+  assert m.version(name) == version' 2>/dev/null; then
+  ISOLATION=(--no-build-isolation)
+fi
+.venv/bin/python -m pip install --quiet --no-compile --disable-pip-version-check "${ISOLATION[@]}" \
+  -c constraints.txt -e "$SPEC"
 # Accelerators: XMTF_JAX_EXTRA=tpu (TPU VMs) or cuda12 (NVIDIA GPUs) adds JAX's backend plugin.
 if [ -n "${XMTF_JAX_EXTRA:-}" ]; then
   .venv/bin/python -m pip install --quiet "jax[${XMTF_JAX_EXTRA}]==0.10.2"
