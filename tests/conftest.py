@@ -45,7 +45,6 @@ SLOW = (
     "test_partitioning.py::test_meshes_match_one_device_and_rules",
     "test_bench.py::test_bench_runs_checks_and_reports_json",
     "test_bench_packing.py::test_bench_data_prints_examples_per_s_per_core",
-    "test_startup_output.py::test_help_of_the_eval_commands_prints_no_tensorflow_banner",
     "test_train_runs.py::test_sigterm_saves_a_restorable_checkpoint_and_exits_0",
     "test_bench_packing.py::test_measured_mode_reports_nonpad_tokens_per_s_for_both",
     "test_tasks_xp3.py::test_every_language_task_reads_the_merged_layout",

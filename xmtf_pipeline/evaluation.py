@@ -356,24 +356,29 @@ def main(argv: list[str] | None = None, prog: str = "xmtf eval",
          plain: Sequence[Any] | None = None, run_gin: str = "runs/eval.gin") -> int:
   """T5X-style flags (as ``xmtf train``): --gin_file, --gin_bindings, --gin.NAME=VALUE, plus
   plain flags (``plain``, default eval's) that each append one gin binding."""
-  from tasks import vocab as vocab_lib
-  from tasks.heldout import HeldOutError
   from xmtf_pipeline import checkpoints, flags, gin_config
   from xmtf_pipeline.interop import hf_import
 
   argv = list(sys.argv[1:] if argv is None else argv)
   plain = _eval_plain_flags() if plain is None else plain
+  parser = flags.build_arg_parser(prog, description)
+  group = flags.add_plain_flags(parser, plain)
+  group.add_argument("--model", default=None, metavar="NAME",
+                     help="model gin (gin/models/NAME.gin or a file; = --gin_file=models/"
+                     "NAME.gin); default: the checkpoint's config.json / config.gin")
+  try:
+    args = parser.parse_args(gin_config.rewrite_gin_args(argv))
+  except gin_config.GinConfigError as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    return 2
+  # --help has printed and exited above, without TensorFlow; tasks (seqio) brings it.
+  from tasks import vocab as vocab_lib
+  from tasks.heldout import HeldOutError
   errors = (gin_config.GinConfigError, EvalError, checkpoint_contents.CheckpointContentsError,
             HeldOutError, RankClassificationError,
             checkpoints.CheckpointError, hf_import.HFImportError, params_lib.ParamMismatchError,
             FileNotFoundError, ValueError)
   try:
-    parser = flags.build_arg_parser(prog, description)
-    group = flags.add_plain_flags(parser, plain)
-    group.add_argument("--model", default=None, metavar="NAME",
-                        help="model gin (gin/models/NAME.gin or a file; = --gin_file=models/"
-                        "NAME.gin); default: the checkpoint's config.json / config.gin")
-    args = parser.parse_args(gin_config.rewrite_gin_args(argv))
     flags.configure_data(args)
     gin_files = list(args.gin_file)
     if args.model:
