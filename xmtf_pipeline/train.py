@@ -330,7 +330,7 @@ def train_eval_dataset(cfg: input_pipeline.DatasetConfig, eval_steps: int, shard
   """The first ``eval_steps`` batches (all if 0) of the train_eval split, one epoch.
 
   Built once per run and iterated afresh at each evaluation, as T5X does: building a mixture's
-  pipeline costs about 0.3 s per task (the 15-task bundled sample: 6 s), every time.
+  pipeline costs about 0.3 s per task (the 12-task bundled sample: 3-5 s), every time.
   """
   ds = input_pipeline.get_dataset(cfg, cfg.seed, shard_id, num_shards, num_epochs=1)
   return ds.take(eval_steps) if eval_steps else ds
