@@ -20,9 +20,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The suite compiles hundreds of distinct tiny programs, and on CPU XLA spends most of each compile
-# in LLVM optimizing code that then runs for milliseconds. These two flags nearly halved the CPU of a
-# compile-heavy sample (43 -> 23 s) and cut the suite's by 30% (tests/README.md). They change how XLA's CPU backend emits code, not what the HLO computes;
-# XMTF_TEST_XLA_DEFAULTS=1 runs the suite with XLA's defaults instead.
+# in LLVM optimizing code that then runs for milliseconds. These two flags nearly halved the CPU of
+# a compile-heavy sample (43 -> 23 s) and cut the suite's by 30% (tests/README.md). They change how
+# XLA's CPU backend emits code, not what the HLO computes; XMTF_TEST_XLA_DEFAULTS=1 runs the suite
+# with XLA's defaults instead.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 if os.environ.get("XMTF_TEST_XLA_DEFAULTS") != "1" and TEST_XLA_FLAGS not in os.environ.get(
     "XLA_FLAGS", ""):

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(argv: list[str]) -> int:
   # No command's --help needs TensorFlow (tests/test_startup_output.py): skipping its import
-  # makes `xmtf eval --help` take 2 s instead of 8.
+  # makes `xmtf eval --help` take 1.4 s instead of 7.8.
   wants_help = bool({"-h", "--help"} & set(argv))
   if argv and argv[0] not in _NO_TENSORFLOW and not wants_help:
     from xmtf_pipeline import tensorflow_import

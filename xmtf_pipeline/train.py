@@ -212,7 +212,7 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
           metrics = _flush(logger, step)
           first_loss = metrics["loss"] if first_loss is None else first_loss
           last_loss = metrics["loss"]
-        if eval_fn is not None and eval_period and step % eval_period == 0:
+        if eval_fn is not None and step % eval_period == 0:
           eval_metrics = run_train_eval(eval_fn, state.params, train_eval_dataset_cfg, eval_ds,
                                         shard=lambda b: partitioner.shard_batch(mesh, b))
           logger.write_eval(step, eval_metrics)
