@@ -1,7 +1,10 @@
 """What scripts/install.sh leaves behind that the suite's speed depends on."""
 
+import importlib.metadata
 import importlib.util
 import pathlib
+import re
+import sys
 
 import pytest
 
@@ -19,3 +22,15 @@ def test_installed_packages_are_byte_compiled(module):
   assert cached.exists(), (
       f"{module} has no byte-compiled {cached.name} beside {origin}: run scripts/install.sh "
       f"(or .venv/bin/python -m compileall -q -j 0 {origin.parent.parent})")
+
+
+def test_the_venv_runs_the_pip_install_sh_pins():
+  # The pip a fresh venv bundles (23.2.1 with Python 3.11.7) resolves the same pins, only slower:
+  # install.sh upgrades it to its pinned version before installing anything.
+  script = (pathlib.Path(__file__).resolve().parent.parent / "scripts" / "install.sh").read_text()
+  pinned = re.search(r"^PIP_VERSION=(\S+)$", script, re.M).group(1)
+  if sys.prefix == sys.base_prefix:
+    pytest.skip("not running in a venv that install.sh made")
+  assert importlib.metadata.version("pip") == pinned, (
+      f"{sys.prefix} has pip {importlib.metadata.version('pip')}, install.sh pins {pinned}: run "
+      "scripts/install.sh")
