@@ -1,10 +1,10 @@
 """The xmtf command line."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import ci_demo
 import pytest
 
 from xmtf_pipeline import cli
@@ -40,14 +40,12 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
   """The README's first command: train, evaluate (the bundled held-out suite), export.
 
   `.ci/run` runs `scripts/demo.sh` itself just before the suite, as the README orders, and hands
-  over its transcript (XMTF_DEMO_TRANSCRIPT, with XMTF_DEMO_ARGS): the same checks then read that
-  run, made at XLA's defaults as a user's is, instead of training a second demo here (60 CPU-s).
+  over its transcript (tests/ci_demo.py): the same checks then read that run, made at XLA's
+  defaults as a user's is, instead of training a second demo here (60 CPU-s).
   """
-  transcript = os.environ.get("XMTF_DEMO_TRANSCRIPT")
-  if transcript:
-    args = cli.build_parser().parse_args(["demo", *os.environ["XMTF_DEMO_ARGS"].split()])
-    model_dir = Path(args.model_dir or demo.default_model_dir())
-    _check_demo_run(Path(transcript).read_text(), model_dir, args.steps, args.eval_examples)
+  run = ci_demo.ci_demo_run()
+  if run:
+    _check_demo_run(run.transcript, run.model_dir, run.steps, run.eval_examples)
   else:
     assert cli.main(["demo", "--model_dir", str(tmp_path / "demo"), "--steps", "12",
                      "--batch_size", "8", "--eval_examples", "16"]) == 0

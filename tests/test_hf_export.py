@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import ci_demo
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -266,8 +267,12 @@ _PLAIN_SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def demo_checkpoint(tmp_path_factory):
-  """The demo's training job (``xmtf demo``'s gin flags: tiny mT5 on the bundled xP3 sample),
-  one step and no train-eval to stay fast."""
+  """The demo's training job (``xmtf demo``'s gin flags: tiny mT5 on the bundled xP3 sample):
+  the last checkpoint of the demo `.ci/run` ran before the suite (read only), else one step here
+  with no train-eval."""
+  run = ci_demo.ci_demo_run()
+  if run:
+    return str(run.model_dir / f"checkpoint_{run.steps}")
   from xmtf_pipeline import train as train_lib
   from xmtf_pipeline.tools import demo
   model_dir = str(tmp_path_factory.mktemp("demo") / "run")
