@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def test_process_flags_are_checked():
     distributed.initialize("localhost:1234", None, None)
 
 
-def _train_cmd(model_dir, steps, extra=()):
+def _train_flags(model_dir, steps):
   flags = {
       "MODEL_DIR": f'"{model_dir}"', "MIXTURE_OR_TASK_NAME": '"synthetic_copy"',
       "MIXTURE_OR_TASK_MODULE": '"tasks.synthetic"',
@@ -99,26 +100,32 @@ def _train_cmd(model_dir, steps, extra=()):
       "RANDOM_SEED": "3", "LOG_PERIOD": "4", "SAVE_PERIOD": "4", "EVAL_PERIOD": "0", "PACK": "False",
       "train/input_pipeline.DatasetConfig.shuffle": "False",
   }
-  return [sys.executable, "-m", "xmtf_pipeline.train", "--gin_file=models/mt5_tiny.gin",
-          "--gin_file=runs/finetune.gin", *micro_model.GIN_FLAGS,
-          *[f"--gin.{k}={v}" for k, v in flags.items()], *extra]
+  return ["--gin_file=models/mt5_tiny.gin", "--gin_file=runs/finetune.gin", *micro_model.GIN_FLAGS,
+          *[f"--gin.{k}={v}" for k, v in flags.items()]]
 
 
-def _run_processes(model_dir, steps, n):
-  if n == 1:
-    # The one-process runs are the plain single-host path: no jax.distributed, so they run in
-    # this process (the same gin flags `xmtf train` parses) instead of paying a fresh
-    # interpreter's imports; the multi-process runs below are real separate processes.
-    assert train_lib.main(_train_cmd(model_dir, steps)[3:]) == 0
-    return
+def _run_one_process(model_dir, steps):
+  # The one-process runs are the plain single-host path: no jax.distributed, so they run in this
+  # process (the same gin flags `xmtf train` parses) instead of paying a fresh interpreter's
+  # imports; the two-process runs are real separate processes.
+  assert train_lib.main(_train_flags(model_dir, steps)) == 0
+
+
+def _run_two_processes(runs):
+  """``runs`` ((model_dir, steps), ...) one after another in one launch of two processes:
+  jax.distributed starts with the first and the later ones restart in the same processes."""
   for attempt in range(2):
     port = _free_port()
-    procs = [subprocess.Popen(
-        _train_cmd(model_dir, steps, ["--multiprocess_gpu",
-                                      f"--coordinator_address=localhost:{port}",
-                                      f"--process_count={n}", f"--process_index={i}"]),
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(n)]
+    procs = []
+    for i in range(2):
+      argv = [*_train_flags(*runs[0]), "--multiprocess_gpu",
+              f"--coordinator_address=localhost:{port}", "--process_count=2",
+              f"--process_index={i}"]
+      for run in runs[1:]:
+        argv += ["--next", *_train_flags(*run)]
+      procs.append(subprocess.Popen(
+          [sys.executable, str(REPO / "tests" / "scripts" / "train_runs.py"), *argv], cwd=REPO,
+          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = [p.communicate(timeout=600)[0] for p in procs]
     # gloo's CPU collectives give up after 30 s when one process reaches the first
     # collective that much later (imports on a loaded 2-core host): retry that case once.
@@ -127,6 +134,7 @@ def _run_processes(model_dir, steps, n):
     break
   for p, o in zip(procs, outs):
     assert p.returncode == 0, o[-3000:]
+  return outs
 
 
 def _params(model_dir, step):
@@ -145,16 +153,20 @@ def _params(model_dir, step):
 
 
 def test_two_processes_equal_one_and_checkpoints_cross_restore(tmp_path):
-  _run_processes(tmp_path / "one", 8, 1)
-  _run_processes(tmp_path / "two", 8, 2)
-  one, two = _params(tmp_path / "one", 8), _params(tmp_path / "two", 8)
-  for p in one:
-    rel = np.linalg.norm(two[p] - one[p]) / max(np.linalg.norm(one[p]), 1e-30)
+  one, two = tmp_path / "one", tmp_path / "two"
+  _run_one_process(one, 8)
+  shutil.copytree(one, tmp_path / "one_at_8")
+  # One launch of two processes: `two` from scratch to step 8, then the 1-process checkpoint of
+  # `one` continued to step 12.
+  outs = _run_two_processes([(two, 8), (one, 12)])
+  assert all("Restored checkpoint_8" in o for o in outs), outs[0][-3000:]
+  a, b = _params(two, 8), _params(tmp_path / "one_at_8", 8)
+  for p in b:
+    rel = np.linalg.norm(a[p] - b[p]) / max(np.linalg.norm(b[p]), 1e-30)
     assert rel <= 1e-5, (p, rel)
-  # A 2-process checkpoint continues in 1 process, and a 1-process one in 2.
-  _run_processes(tmp_path / "two", 12, 1)
-  _run_processes(tmp_path / "one", 12, 2)
-  a, b = _params(tmp_path / "two", 12), _params(tmp_path / "one", 12)
+  # And the 2-process checkpoint continues in 1 process.
+  _run_one_process(two, 12)
+  a, b = _params(two, 12), _params(one, 12)
   for p in a:
     assert np.linalg.norm(a[p] - b[p]) <= 1e-4 * max(np.linalg.norm(b[p]), 1e-30), p
 
