@@ -119,7 +119,8 @@ def register_catalog(catalog: TaskCatalog) -> None:
 def _xp3_catalog() -> TaskCatalog:
   if not _catalog:
     raise ValueError("tasks.mixtures.xp3_ablation needs the xP3 tasks: add `import tasks.xp3` to "
-                     "the gin file (or import it in Python) before using the ablation builder.")
+                     "the gin file, or --gin_bindings='import tasks.xp3' on the command line (or "
+                     "import it in Python) before using the ablation builder.")
   return _catalog[0]
 
 

@@ -9,12 +9,16 @@ touches the latest good checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import re
+import shutil
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -55,10 +59,22 @@ class Checkpointer:
     self._manager = manager(model_dir, keep)
 
   def save(self, step: int, state_dict: Any, data_state: dict[str, Any]) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state_dict), dataset=ocp.args.JsonSave(data_state)),
-        force=True)
-    self._manager.wait_until_finished()
+    """Saves atomically; a full disk is one CheckpointError saying how much space it needs."""
+    try:
+      with _orbax_logs_muted():
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state_dict), dataset=ocp.args.JsonSave(data_state)),
+            force=True)
+        self._manager.wait_until_finished()
+    except Exception as e:
+      if not _is_disk_full(e):
+        raise
+      need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree_util.tree_leaves(state_dict))
+      free = shutil.disk_usage(self.model_dir).free
+      raise CheckpointError(
+          f"Disk full: checkpoint_{step} needs about {_gib(need)} in {self.model_dir} and "
+          f"{_gib(free)} is free; it was not saved (orbax writes to a temporary folder, so no "
+          "checkpoint on disk was touched). Free space or move MODEL_DIR.") from None
 
   def steps(self) -> list[int]:
     self._manager.reload()
@@ -95,17 +111,16 @@ class Checkpointer:
           return step, restored["state"], dict(restored["dataset"])
         except Exception as e:  # metadata fine, arrays damaged
           error = e
-      reason = f"{type(error).__name__}: {first_line(error)}"
+      reason = f"{type(error).__name__}: {_plain(first_line(error))}"
       if set_aside is not None:
         raise CheckpointError(
             f"{name} in {self.model_dir} cannot be read either ({reason}); this start already "
             f"set aside {os.path.basename(set_aside)} and moves no more. Check the storage, then "
             f"move {name} away yourself (or restore it from a copy) and restart.")
       set_aside = self._set_aside(step)
-      log.warning("Skipping %s: it cannot be restored (%s); moved to %s.", name, reason, set_aside)
-      print(f"warning: skipping unreadable checkpoint {name} in {self.model_dir} "
-            f"({type(error).__name__}); kept it as {os.path.basename(set_aside)} and restoring "
-            "the previous one.", flush=True)
+      print(f"warning: skipping unreadable checkpoint {name} in {self.model_dir} ({reason}); "
+            f"kept it as {os.path.basename(set_aside)} and restoring the previous one.",
+            flush=True)
     return None
 
   def _set_aside(self, step: int) -> str:
@@ -121,6 +136,40 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _gib(n: int) -> str:
+  return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+@contextlib.contextmanager
+def _orbax_logs_muted():
+  """orbax logs each failing write's traceback (about 140 lines on a full disk) before raising;
+  the raised error is what the run reports, in one line."""
+  loggers = [logging.getLogger(n) for n in ("absl", "orbax", "jax._src.distributed")]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
+
+
+def _plain(text: str) -> str:
+  """TensorStore's messages carry pybind11 source locations; users need the words only."""
+  return re.sub(r"\s*\[source locations='[^']*'\]|\s*\(pybind11[^)]*\)", "", text).strip()
 
 
 _STEP_DIR = re.compile(re.escape(STEP_PREFIX) + r"_(\d+)")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import importlib
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -113,17 +115,42 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
     except Exception as e:  # gin raises several types; all are user errors here.
       raise GinConfigError(f"gin file {resolved}: {e}") from e
   for b in bindings:
+    _import_named_modules(b)
     try:
       gin.parse_config(b)
     except Exception as e:
-      raise GinConfigError(f"gin binding {b!r}: {e}{_quote_hint(b, e)}") from e
+      hint = _quote_hint(b, e)
+      # Python's literal parser names an AST node (``<ast.Name object at 0x…>``), not the text.
+      text = re.sub(r"malformed node or string[^\n]*<ast\.\w+ object at 0x[0-9a-f]+>\n?\s*",
+                    "", str(e)) if hint else str(e)
+      raise GinConfigError(f"gin binding {b!r}: {text}{hint}") from e
   if finalize:
     gin.finalize()
 
 
+# Our configurables named by module in a binding (``tasks.sources.skip_malformed_records.skip``,
+# ``@tasks.mixtures.xp3_ablation()``): gin only knows them once their module is imported, which a
+# gin file does with ``import``; a command-line binding has no such line, so it is imported here.
+_OUR_DOTTED = re.compile(r"(?<![\w.])@?((?:tasks|xmtf_pipeline)(?:\.[A-Za-z_]\w*)+)")
+_STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")
+
+
+def _import_named_modules(binding: str) -> None:
+  """Imports the longest importable module prefix of each of our dotted names in ``binding``."""
+  for dotted in _OUR_DOTTED.findall(_STRING.sub('""', binding)):
+    parts = dotted.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+      try:
+        importlib.import_module(".".join(parts[:n]))
+        break
+      except ModuleNotFoundError:
+        continue
+
+
 def _quote_hint(binding: str, error: Exception) -> str:
   """How to pass a string when gin could not parse an unquoted value such as ``/tmp/x``."""
-  if "Unable to parse value" not in str(error) or "=" not in binding:
+  if not any(m in str(error) for m in ("Unable to parse value", "malformed node or string")) \
+     or "=" not in binding:
     return ""
   name, value = (part.strip() for part in binding.split("=", 1))
   if not value or value[0] in "'\"@%[({" or value[0].isdigit():

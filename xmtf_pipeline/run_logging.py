@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from typing import Any
 
@@ -16,6 +17,13 @@ import numpy as np
 from tqdm import tqdm
 
 from xmtf_pipeline import gin_config, models
+
+
+def _is_terminal(stream) -> bool:
+  try:
+    return stream.isatty()
+  except (AttributeError, ValueError):
+    return False
 
 
 class RunLogger:
@@ -30,8 +38,11 @@ class RunLogger:
     self._is_chief = jax.process_index() == 0
     self._writers: dict[str, Any] = {}
     self._model_dir = model_dir
+    # The bar redraws with '\r': in a log file that is one endless line, so it shows on a
+    # terminal only; the console lines (tqdm.write) print either way.
     self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                     disable=not (progress_bar and self._is_chief), mininterval=1.0)
+                     disable=not (progress_bar and self._is_chief and _is_terminal(sys.stderr)),
+                     mininterval=1.0)
 
   def _writer(self, name: str):
     if name not in self._writers:
@@ -78,6 +89,11 @@ class RunLogger:
                  f"lr {metrics['learning_rate']:.2e}  "
                  f"{metrics['timing/seqs_per_second']:.1f} examples/s")
     return metrics
+
+  def write_line(self, text: str) -> None:
+    """A line on stdout that does not break the progress bar."""
+    tqdm.write(text)
+    sys.stdout.flush()
 
   def write_eval(self, step: int, metrics: dict[str, float]) -> None:
     if not self._is_chief:

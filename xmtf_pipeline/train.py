@@ -29,6 +29,7 @@ from xmtf_pipeline import (
   models,
   params,
   partitioning,
+  run_lock,
   run_logging,
   trainer,
 )
@@ -158,13 +159,35 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
     if cfg is not None:
       input_pipeline.validate(cfg, num_shards)
       _check_divisible(cfg, partitioner.data_parallel_size(mesh), num_microbatches)
-  ckpt = checkpoints.Checkpointer(model_dir, checkpoint_cfg.keep)
-  try:
-    state, disk, data_state = _restore_or_init(model, optimizer, ckpt, checkpoint_cfg,
-                                               random_seed, train_dataset_cfg, partitioner, mesh)
-  except BaseException:
-    ckpt.close()
-    raise
+  # Before anything in MODEL_DIR is read, renamed or written: one job per MODEL_DIR.
+  with run_lock.RunLock(model_dir, jax.process_index() == 0, _agree_across_processes()):
+    ckpt = checkpoints.Checkpointer(model_dir, checkpoint_cfg.keep)
+    try:
+      return _train_locked(model, model_dir, train_dataset_cfg, checkpoint_cfg, optimizer,
+                           learning_rate_fn, total_steps, train_eval_dataset_cfg, eval_period,
+                           eval_steps, random_seed, num_microbatches, log_period, partitioner,
+                           mesh, progress_bar, validation_suite, validation_max_examples,
+                           validation_data_dir, ckpt)
+    finally:
+      ckpt.close()
+
+
+def _agree_across_processes():
+  """None on one process; else a function giving every process process 0's bool."""
+  if jax.process_count() == 1:
+    return None
+  from jax.experimental import multihost_utils
+  return lambda ok: bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+
+
+def _train_locked(model, model_dir, train_dataset_cfg, checkpoint_cfg, optimizer,
+                  learning_rate_fn, total_steps, train_eval_dataset_cfg, eval_period, eval_steps,
+                  random_seed, num_microbatches, log_period, partitioner, mesh, progress_bar,
+                  validation_suite, validation_max_examples, validation_data_dir,
+                  ckpt) -> TrainResult:
+  shard_id, num_shards = partitioner.data_layout()
+  state, disk, data_state = _restore_or_init(model, optimizer, ckpt, checkpoint_cfg,
+                                             random_seed, train_dataset_cfg, partitioner, mesh)
   shardings = disk.shardings
   start_step = int(state.step)
   if jax.process_index() == 0:
@@ -174,8 +197,10 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
   if start_step >= total_steps:
     print(f"Step {start_step} >= TRAIN_STEPS={total_steps}: nothing to train "
           "(TRAIN_STEPS is absolute and counts restored steps).")
-    ckpt.close()
     return TrainResult(start_step, start_step, None, None, {})
+  if jax.process_index() == 0:
+    print(_start_line(model, mesh, start_step, total_steps, model_dir, train_dataset_cfg),
+          flush=True)
 
   rng = jax.random.PRNGKey(data_state["random_seed"])
   step_fn = trainer.jit_train_step(model, optimizer, learning_rate_fn, num_microbatches,
@@ -192,10 +217,11 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
     eval_ds = train_eval_dataset(train_eval_dataset_cfg, eval_steps, shard_id, num_shards)
   validate = _validation_hook(model, model_dir, train_dataset_cfg, validation_suite,
                               validation_max_examples, validation_data_dir)
+  saver = _Saver(ckpt, disk, logger)
   first_loss = last_loss = None
   eval_metrics: dict[str, float] = {}
   preempted = False
-  step = start_step
+  step = saved = start_step
   try:
     with _Preemption() as preemption:  # SIGTERM / Ctrl-C: save, then stop
       while step < total_steps:
@@ -209,7 +235,7 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
         data_state["batches"] += 1
         logger.record(stats)
         if step % log_period == 0 or step == total_steps:
-          metrics = _flush(logger, step)
+          metrics = _flush(logger, step, ckpt)
           first_loss = metrics["loss"] if first_loss is None else first_loss
           last_loss = metrics["loss"]
         if eval_fn is not None and step % eval_period == 0:
@@ -219,27 +245,91 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
         if validate is not None and eval_period and step % eval_period == 0:
           logger.write_validation(step, validate(jax.device_get(state.params), step))
         if step % checkpoint_cfg.save_period == 0 or step == total_steps or preemption.requested:
-          _flush(logger, step, require_finite_only=True)
-          ckpt.save(step, disk.to_disk(state.state_dict()), data_state)
+          saver.save(step, state, data_state)
+          saved = step
         if preemption.requested:
           print(f"{preemption.name}: saved checkpoint_{step} in {model_dir}; exiting (run the "
                 "same command to continue).", flush=True)
           preempted = True
           break
+  except (input_pipeline.DatasetError, TrainError) as e:
+    # A data error leaves the state of the last finished step intact: keep that work.
+    if step > saved and not isinstance(e, _NotSaved):
+      saver.save_before_stopping(step, state, data_state, e)
+    raise
   finally:
     logger.close()
-    ckpt.close()
   return TrainResult(start_step, step, first_loss, last_loss, eval_metrics, preempted,
                      preemption.signal if preempted else None)
 
 
-def _flush(logger: RunLogger, step: int, require_finite_only: bool = False) -> dict[str, float]:
+def _start_line(model, mesh, start_step, total_steps, model_dir, cfg) -> str:
+  c = model.config
+  size = f"{params.count(c):,} parameters, "
+  axes = " ".join(f"{name}={size_}" for name, size_ in mesh.shape.items())
+  devices, processes = mesh.devices.size, jax.process_count()
+  start = "from scratch" if start_step == 0 else f"from step {start_step}"
+  return (f"Training {start} to step {total_steps} on {cfg.mixture_or_task_name!r}: model "
+          f"{size}{c.num_encoder_layers}+{c.num_decoder_layers} layers, d_model {c.emb_dim}; "
+          f"mesh {axes} on {devices} device{'s' * (devices > 1)}, {processes} "
+          f"process{'es' * (processes > 1)}; MODEL_DIR {model_dir}")
+
+
+class _NotSaved(TrainError):
+  """The run stopped without saving (non-finite state, a failed save): nothing more to save."""
+
+
+class _Saver:
+  """Writes checkpoints only of finite states, and says what is on disk when it cannot."""
+
+  def __init__(self, ckpt: checkpoints.Checkpointer, disk: DiskLayout, logger: RunLogger):
+    self._ckpt, self._disk, self._logger = ckpt, disk, logger
+
+  def newest(self) -> str:
+    steps = self._ckpt.steps()
+    return (f"checkpoint_{steps[-1]} is the newest checkpoint in {self._ckpt.model_dir} and is "
+            "intact" if steps else f"no checkpoint was saved in {self._ckpt.model_dir} yet")
+
+  def save(self, step: int, state: trainer.TrainState, data_state: dict[str, Any]) -> None:
+    _flush(self._logger, step, self._ckpt, require_finite_only=True)
+    state_dict = state.state_dict()
+    bad = trainer.nonfinite_leaves(state_dict)
+    if bad:
+      raise _NotSaved(
+          f"The train state became NaN/Inf at or before step {step} (first in {bad[0]}; "
+          f"{len(bad)} arrays) while the loss was still finite; stopping without saving: "
+          f"{self.newest()}. Lower the learning rate or check the data, then restart.")
+    try:
+      self._ckpt.save(step, self._disk.to_disk(state_dict), data_state)
+    except checkpoints.CheckpointError as e:
+      raise _NotSaved(f"{e} {self.newest()}.") from None
+    if jax.process_index() == 0:
+      self._logger.write_line(f"saved checkpoint_{step} in {self._ckpt.model_dir}")
+
+  def save_before_stopping(self, step: int, state: trainer.TrainState,
+                           data_state: dict[str, Any], error: BaseException) -> None:
+    try:
+      self.save(step, state, data_state)
+    except Exception as e:  # the original error stays the one reported
+      print(f"Could not save before stopping ({checkpoints.first_line(e)}).", file=sys.stderr,
+            flush=True)
+      return
+    print(f"Stopping at step {step}: saved checkpoint_{step} first (the state after the last "
+          "finished step); fix the cause below, then run the same command to continue.",
+          file=sys.stderr, flush=True)
+
+
+def _flush(logger: RunLogger, step: int, ckpt: checkpoints.Checkpointer,
+           require_finite_only: bool = False) -> dict[str, float]:
   """Fetches pending statistics; a non-finite loss stops the run before any save."""
   summary = logger.flush(step, write=not require_finite_only)
   if summary.get("nonfinite", 0):
-    raise TrainError(
-        f"Loss became NaN/Inf at or before step {step}; stopping without saving. The last good "
-        "checkpoint is intact: lower the learning rate, check the data, or use bf16 not fp16.")
+    steps = ckpt.steps()
+    on_disk = (f"checkpoint_{steps[-1]} is the newest checkpoint in {ckpt.model_dir} and is "
+               "intact" if steps else f"no checkpoint was saved in {ckpt.model_dir} yet")
+    raise _NotSaved(
+        f"Loss became NaN/Inf at or before step {step}; stopping without saving: {on_disk}. "
+        "Lower the learning rate, check the data, or use bf16 not fp16.")
   return summary
 
 
@@ -283,6 +373,8 @@ def _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed, train_
   restored = ckpt.restore_latest(disk.target(state.state_dict()))
   if restored is not None:
     step, state_dict, data_state = restored
+    _refuse_nonfinite(state_dict, os.path.join(ckpt.model_dir, f"checkpoint_{step}"),
+                      "move it and the newer checkpoints out of MODEL_DIR and restart from")
     print(f"Restored checkpoint_{step} from {ckpt.model_dir} (data position "
           f"{data_state['batches']} batches).", flush=True)
     return trainer.TrainState.from_state_dict(disk.to_run(state_dict)), disk, data_state
@@ -291,9 +383,18 @@ def _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed, train_
   if checkpoint_cfg.restore_path:
     state_dict = checkpoint_formats.restore_initial(checkpoint_cfg.restore_path, disk.config,
                                              disk.target(state.state_dict()))
+    _refuse_nonfinite(state_dict, checkpoint_cfg.restore_path,
+                      "set INITIAL_CHECKPOINT_PATH to")
     state = trainer.TrainState.from_state_dict(disk.to_run(state_dict))
     print(f"Initialized from {checkpoint_cfg.restore_path} at step {int(state.step)}.", flush=True)
   return state, disk, data_state
+
+
+def _refuse_nonfinite(state_dict: Any, path: str, verb: str) -> None:
+  """A restored state with NaN/Inf stops the start (it would only die at its first step)."""
+  bad = trainer.nonfinite_leaves(state_dict)
+  if bad:
+    raise checkpoint_formats.nonfinite_error(path, bad[0], verb)
 
 
 class DiskLayout:
@@ -376,7 +477,8 @@ def run_main(argv: list[str] | None = None, prog: str = "xmtf train"
     result = run()
   except (gin_config.GinConfigError, TrainError, input_pipeline.DatasetError,
           distributed.DistributedError, partitioning.PartitioningError,
-          checkpoints.CheckpointError, params.ParamMismatchError, ValueError) as e:
+          checkpoints.CheckpointError, params.ParamMismatchError, run_lock.RunLockError,
+          ValueError) as e:
     # gin appends "In call to configurable ..." to errors raised inside a configurable.
     message = "\n".join(line for line in str(e).splitlines()
                         if not line.strip().startswith("In call to configurable"))

@@ -108,6 +108,25 @@ def train_step(model: EncoderDecoderModel, optimizer: Adafactor, learning_rate_f
   return TrainState(params=params, opt_state=opt_state), stats
 
 
+@jax.jit
+def _finite_leaves(tree: PyTree) -> PyTree:
+  def finite(x):
+    return jnp.isfinite(x).all() if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+  return jax.tree_util.tree_map(finite, tree)
+
+
+def nonfinite_leaves(tree: PyTree) -> list[str]:
+  """Paths (``target/encoder/...``) of the arrays holding NaN or Inf, parameters first.
+
+  One on-device reduction per array, so only one bool per array crosses to the host; the
+  check costs a read of the state, far less than writing it.
+  """
+  flags = jax.device_get(_finite_leaves(tree))
+  bad = ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+         for path, ok in jax.tree_util.tree_flatten_with_path(flags)[0] if not ok]
+  return sorted(bad, key=lambda name: (not name.startswith("target/"), name))
+
+
 def eval_step(model: EncoderDecoderModel, params: PyTree, batch: Batch) -> dict[str, jax.Array]:
   """Teacher-forced loss statistics with the training objective, no dropout."""
   normalizer, weights = model.normalizer_and_weights(batch)

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from xmtf_pipeline import checkpoints
@@ -55,6 +56,48 @@ def _first_unreadable_array(path: str) -> str | None:
     except Exception:
       return name
   return None
+
+
+def first_nonfinite_array(reader: t5x_import.CheckpointReader, prefixes=("target", "state")
+                          ) -> str | None:
+  """The first array (parameters first, then optimizer state) holding NaN or Inf; or None.
+
+  Reads one array at a time, so host memory holds one array, never the checkpoint.
+  """
+  names = [n for p in prefixes for n in sorted(reader.entries) if n.startswith(p + "/")]
+  for name in names:
+    value = np.asarray(reader.read(name))
+    if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
+      return name
+  return None
+
+
+def last_finite_checkpoint(step_dir: str) -> str | None:
+  """The newest ``checkpoint_<n>`` beside ``step_dir`` older than it whose arrays are all finite
+  (and readable); None when there is none. Error paths only: it reads each candidate whole."""
+  previous = checkpoints.previous_checkpoint(step_dir)
+  while previous is not None:
+    try:
+      if first_nonfinite_array(t5x_import.open_checkpoint(previous)) is None:
+        return previous
+    except Exception:  # unreadable: not a checkpoint to point a user at
+      pass
+    previous = checkpoints.previous_checkpoint(previous)
+  return None
+
+
+def nonfinite_error(step_dir: str, array: str, verb: str = "use") -> checkpoints.CheckpointError:
+  """One line for a checkpoint holding NaN/Inf: the first bad array and the last finite checkpoint.
+
+  ``verb`` says what to do with that checkpoint ("use" for eval/export, "restart from" ...).
+  """
+  step_dir = os.path.abspath(step_dir)
+  good = last_finite_checkpoint(step_dir)
+  advice = (f"{verb} the last finite checkpoint {good}" if good else
+            "no earlier finite checkpoint is beside it")
+  return checkpoints.CheckpointError(
+      f"Checkpoint {step_dir} holds NaN/Inf values (first in {array}): the run diverged before "
+      f"it was saved; {advice}.")
 
 
 def _checkpoint_step_dir(path: str) -> tuple[str, int]:
