@@ -32,7 +32,11 @@ import numpy as np
 from xmtf_pipeline import gin_config
 from xmtf_pipeline import params as params_lib
 from xmtf_pipeline.interop import hf_mapping, safetensors_io
-from xmtf_pipeline.interop.hf_import import finish_output_dir, prepare_output_dir
+from xmtf_pipeline.interop.hf_import import (
+  discard_output_dir,
+  finish_output_dir,
+  prepare_output_dir,
+)
 from xmtf_pipeline.interop.t5x_import import CheckpointReader, T5XCheckpointError, open_checkpoint
 from xmtf_pipeline.network import T5Config
 
@@ -76,6 +80,21 @@ def is_export_output(path: str) -> bool:
   return ("config.json" in names and _CARD_MARK in card
           and all(_EXPORT_FILES.fullmatch(n) and os.path.isfile(os.path.join(path, n))
                   for n in names))
+
+
+def export_added_files(path: str) -> list[str] | None:
+  """The entries that keep ``path`` from being an earlier export when it otherwise is one
+  (config.json and our model card): what the user added; None when it is no export at all."""
+  try:
+    names = sorted(os.listdir(path))
+    with open(os.path.join(path, "README.md"), errors="replace") as f:
+      card = f.read()
+  except OSError:
+    return None
+  if "config.json" not in names or _CARD_MARK not in card:
+    return None
+  return [n + ("/" if os.path.isdir(os.path.join(path, n)) else "") for n in names
+          if not (_EXPORT_FILES.fullmatch(n) and os.path.isfile(os.path.join(path, n)))]
 
 
 class HFExportError(ValueError):
@@ -317,9 +336,21 @@ def _hf_order(key: str) -> tuple:
   return (rank, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)])
 
 
+class _NonFinite(Exception):
+  """An array holding NaN/Inf, found while streaming (turned into nonfinite_error outside)."""
+
+
 def write_weights(reader: CheckpointReader, out: str, dtype: np.dtype, max_shard_size: int
                   ) -> list[str]:
-  """model.safetensors (or shards + index), streamed; returns the files written."""
+  """model.safetensors (or shards + index), streamed; returns the files written.
+
+  Each parameter is checked for NaN/Inf as it is read (the only read of it, so no second pass
+  over the checkpoint): a diverged checkpoint is refused naming the first bad array and the
+  last finite checkpoint, instead of becoming an HF model that outputs NaN. Only the parameters
+  are checked: the optimizer state is not exported.
+  """
+  from xmtf_pipeline.interop import checkpoint_formats
+
   plans = []
   for path, shape in reader.shapes("target").items():
     key, transpose = hf_mapping.to_hf_name(path)
@@ -327,10 +358,11 @@ def write_weights(reader: CheckpointReader, out: str, dtype: np.dtype, max_shard
 
     def produce(name=name, transpose=transpose):
       try:
-        value = reader.read(name)
+        value = np.asarray(reader.read(name))
       except Exception as e:  # TensorStore: a truncated or damaged array file
-        from xmtf_pipeline.interop import checkpoint_formats
         raise checkpoint_formats.damaged(reader.path, e, name) from None
+      if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
+        raise _NonFinite(name)
       return safetensors_io.iter_row_blocks(value, dtype, transpose)
 
     plans.append(safetensors_io.TensorPlan(key, dtype, shape[::-1] if transpose else shape,
@@ -345,12 +377,15 @@ def write_weights(reader: CheckpointReader, out: str, dtype: np.dtype, max_shard
     shards[-1].append(p)
     size += p.nbytes
   meta = {"format": "pt"}
+  names = (["model.safetensors"] if len(shards) == 1 else
+           [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
+  try:
+    for name, shard in zip(names, shards):
+      safetensors_io.write(os.path.join(out, name), shard, meta)
+  except _NonFinite as e:
+    raise checkpoint_formats.nonfinite_error(reader.path, str(e), "use") from None
   if len(shards) == 1:
-    safetensors_io.write(os.path.join(out, "model.safetensors"), shards[0], meta)
-    return ["model.safetensors"]
-  names = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
-  for name, shard in zip(names, shards):
-    safetensors_io.write(os.path.join(out, name), shard, meta)
+    return names
   index = {"metadata": {"total_size": sum(p.nbytes for p in plans)},
            "weight_map": {p.name: name for name, shard in zip(names, shards) for p in shard}}
   with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
@@ -499,7 +534,7 @@ def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwri
   lengths = eval_lengths(model_dir, eval_results)
 
   tmp = prepare_output_dir(output_dir, overwrite, protect=ckpt, is_ours=is_export_output,
-                           what="export")
+                           what="export", added_files=export_added_files)
   try:
     notes = write_tokenizer(tmp, spm_path, extra_ids if extra_ids is not None else hinted_extra,
                             config.vocab_size, lengths[0]["inputs"])
@@ -518,9 +553,9 @@ def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwri
                          sum(int(np.prod(s)) for s in shapes.values()), eval_table,
                          model_index, notes, lengths))
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    discard_output_dir(tmp)  # a refusal (NaN/Inf, a damaged array) leaves OUT as it was
     raise
-  finish_output_dir(tmp, output_dir, is_export_output, "export")
+  finish_output_dir(tmp, output_dir, is_export_output, "export", export_added_files)
   for note in notes[1:]:
     print(f"note: {note}")
   print(f"Exported {ckpt} (step {reader.step}) to {os.path.abspath(output_dir)}: "
