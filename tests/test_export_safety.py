@@ -18,7 +18,7 @@ import pytest
 from interop_testlib import TINY, random_opt_state, random_params, save_our_checkpoint
 
 from xmtf_pipeline import checkpoints, cli
-from xmtf_pipeline.interop import hf_import
+from xmtf_pipeline.interop import output_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ def _temporaries(parent):
 _KILLED_EXPORT = textwrap.dedent("""
     import os, signal, sys, time
     from xmtf_pipeline import cli
-    from xmtf_pipeline.interop import hf_import, safetensors_io
+    from xmtf_pipeline.interop import output_dir, safetensors_io
     mode, ready = sys.argv[1], sys.argv[2]
     if mode == "mid-write":
       blocks = safetensors_io.iter_row_blocks
@@ -63,9 +63,9 @@ _KILLED_EXPORT = textwrap.dedent("""
         rename(src, dst)
         if dst.endswith(".old"):
           os.kill(os.getpid(), signal.SIGKILL)
-      hf_import.os.rename = rename_then_die
+      output_dir.os.rename = rename_then_die
     elif mode == "after-renames":
-      hf_import._remove_old = lambda old: os.kill(os.getpid(), signal.SIGKILL)
+      output_dir._remove_old = lambda old: os.kill(os.getpid(), signal.SIGKILL)
     sys.exit(cli.main(sys.argv[3:]))
     """)
 
@@ -97,7 +97,7 @@ def test_kill_9_mid_write_then_next_export_removes_its_temporary(run, tmp_path, 
   [name] = _temporaries(tmp_path)
   stale = tmp_path / name
   assert (stale / "model.safetensors").stat().st_size > 0 and not out.exists()
-  marker = json.loads((stale / hf_import.TEMP_MARKER).read_text())
+  marker = json.loads((stale / output_dir.TEMP_MARKER).read_text())
   assert marker["host"] == socket.gethostname() and marker["what"] == "export"
   capsys.readouterr()
   assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(out)]) == 0
@@ -145,10 +145,10 @@ def _fake_temporary(parent, out_name, hexid, marker=None):
   path.mkdir()
   (path / "model.safetensors").write_bytes(b"\0" * 1000)
   if marker is not None:
-    (path / hf_import.TEMP_MARKER).write_text(json.dumps(
+    (path / output_dir.TEMP_MARKER).write_text(json.dumps(
         {"kind": "xmtf output temporary", "what": "export", "host": socket.gethostname(),
-         "pid": os.getpid(), "start_time": hf_import._proc_stat(os.getpid())[1],
-         "boot_id": hf_import._boot_id(), **marker}))
+         "pid": os.getpid(), "start_time": output_dir._proc_stat(os.getpid())[1],
+         "boot_id": output_dir._boot_id(), **marker}))
   return path
 
 
@@ -160,7 +160,7 @@ def test_temporaries_not_provably_stale_are_kept_and_named(run, tmp_path, capsys
   try:
     kept = [_fake_temporary(tmp_path, "hf", "0000000a"),
             _fake_temporary(tmp_path, "hf", "0000000b", {
-                "pid": alive.pid, "start_time": hf_import._proc_stat(alive.pid)[1]}),
+                "pid": alive.pid, "start_time": output_dir._proc_stat(alive.pid)[1]}),
             _fake_temporary(tmp_path, "hf", "0000000c", {"host": "elsewhere", "pid": 1})]
     reused = _fake_temporary(tmp_path, "hf", "0000000d", {"pid": alive.pid, "start_time": "1"})
     capsys.readouterr()
@@ -173,7 +173,7 @@ def test_temporaries_not_provably_stale_are_kept_and_named(run, tmp_path, capsys
   for path in kept:
     assert (path / "model.safetensors").is_file() and f"note: kept {path} (" in said
   assert f"note: kept {kept[0]} (1000 bytes): named like an xmtf temporary" in said
-  assert f"without its {hf_import.TEMP_MARKER}" in said and "is still running" in said
+  assert f"without its {output_dir.TEMP_MARKER}" in said and "is still running" in said
   assert "runs on another host" in said
   assert not reused.exists() and f"note: removed {reused} (" in said
 

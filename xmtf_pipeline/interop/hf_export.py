@@ -32,7 +32,7 @@ import numpy as np
 from xmtf_pipeline import gin_config
 from xmtf_pipeline import params as params_lib
 from xmtf_pipeline.interop import hf_mapping, safetensors_io
-from xmtf_pipeline.interop.hf_import import (
+from xmtf_pipeline.interop.output_dir import (
   discard_output_dir,
   finish_output_dir,
   prepare_output_dir,
