@@ -161,3 +161,33 @@ def test_profile_on_cpu_writes_the_top_ops(tmp_path):
   assert 0 < sum(r["share"] for r in top) <= 1.0 + 1e-9
   assert result["profile"]["where"] == "host"  # XLA:CPU runs its ops on host threads
   assert "top 15 of" in proc.stdout and top[0]["op"] in proc.stdout
+
+
+def test_table_prints_once_and_unmeasured_peak_says_so(monkeypatch, capsys):
+  """XLA:CPU keeps no memory_stats: its peak is 'not measured', not 0.0 GiB; rows print as they
+  finish under one header and the summary does not print them again."""
+  class NoStats:
+    def memory_stats(self):
+      return None
+
+  class Zero:
+    def memory_stats(self):
+      return {"peak_bytes_in_use": 0}
+
+  assert bench.peak_device_bytes(NoStats()) is None and bench.peak_device_bytes(Zero()) is None
+
+  def fake_child(spec, args, timeout):
+    return {"engine": "xmtf: " + spec.get("name", ""), "batch": spec["batch"], "data": "full",
+            "compile_s": 1.0, "step_s": 0.5, "loss": 7.0, "peak_bytes": None,
+            "real_tokens_per_row": 24.0}
+  monkeypatch.setattr(bench, "run_child", fake_child)
+  assert bench.main(["--model", "mt5_tiny", "--inputs", "16", "--targets", "8", "--steps", "1",
+                     "--batch", "2", "--batch", "4", "--ceiling", "1.0"]) == 0
+  out = capsys.readouterr().out
+  table_lines = [x for x in out.splitlines() if x.startswith(("engine", "xmtf: "))]
+  assert [x.split()[0] for x in table_lines] == ["engine", "xmtf:", "xmtf:"], out
+  assert out.count(bench.PEAK_NOT_MEASURED) == 2 and " 0.0 " not in out
+  assert "peak GiB" in table_lines[0]
+  measured = bench.table([dict(json.loads(out.split("JSON:")[1])["rows"][0],
+                               peak_bytes=3 * 2**30)])
+  assert " 3.0 " in measured and bench.PEAK_NOT_MEASURED not in measured

@@ -88,8 +88,9 @@ def test_xmtf_infer_predict_and_score(run_dir, tmp_path, capsys):
                 BATCH_SIZE=4)
   outputs = {}
   for decoding_method in ("greedy", "beam", "sample"):
+    again = ["--overwrite"] if outputs else []  # each run replaces the previous one's file
     assert cli.main(["infer", *_flags("infer.gin", **common,
-                                      DECODING=f'"{decoding_method}"')]) == 0
+                                      DECODING=f'"{decoding_method}"'), *again]) == 0
     path = tmp_path / "prompts-predict.jsonl-00000-of-00001"
     outputs[decoding_method] = [json.loads(line) for line in path.read_text().splitlines()]
     assert [o["inputs"] for o in outputs[decoding_method]] == [r["inputs"] for r in rows]
@@ -159,13 +160,13 @@ def test_run_suite_is_the_demo_hook(run_dir):
               "EVAL_OUTPUT_DIR", "--suite", "MIXTURE_OR_TASK_NAME", "--data_dir", "DATA_DIR",
               "--spm_model", "mt5_vocabulary_config.path", "--batch_size", "BATCH_SIZE",
               "--max_examples", "EVALUATOR_NUM_EXAMPLES", "results.json", "results.md",
-              "model_index.yaml", "charts/",
+              "model_index.yaml", "charts/", "--overwrite",
               "xmtf eval --checkpoint mt0-small --suite heldout_bundled --output_dir",
               "--gin_file=runs/eval.gin"]),
     ("infer", ["--checkpoint", "CHECKPOINT_PATH", "--output_dir", "INFER_OUTPUT_DIR",
                "--input_file", "INPUT_FILE", "--task", "--mode", "INFER_MODE", "--decoding",
                "--spm_model", "--batch_size", "--max_examples", "INFER_NUM_EXAMPLES",
-               "<input name>-<mode>.jsonl-00000-of-00001",
+               "<input name>-<mode>.jsonl-00000-of-00001", "--overwrite",
                "xmtf infer --checkpoint"]),
     ("select-checkpoint", ["--model_dir", "--suite", "--data_dir", "--spm_model",
                            "--batch_size", "--max_examples", "selection.json",

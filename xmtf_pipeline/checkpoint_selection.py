@@ -89,6 +89,9 @@ def select(model_dir: str, suite: str, model: Any, vocabulary: Any, metric: str 
 
   if metric not in METRICS:
     raise SelectionError(f"--metric must be one of {METRICS}, got {metric!r}.")
+  evaluation.check_positive(batch_size, None, "--batch_size", error=SelectionError)
+  evaluation.check_positive(max_examples, None, "--max_examples",
+                            "; leave it unset for every row", error=SelectionError)
   entries = heldout.resolve_suite(suite)
   available = checkpoint_steps(model_dir)
   steps = steps or available
@@ -96,7 +99,11 @@ def select(model_dir: str, suite: str, model: Any, vocabulary: Any, metric: str 
   if missing:
     raise SelectionError(f"No checkpoint_{missing[0]} in {model_dir} (has: {available}).")
   out_dir = validation_dir(model_dir, suite, max_examples)
-  os.makedirs(out_dir, exist_ok=True)
+  # The stored scores are a cache that is reused, never replaced, and selection.json is
+  # rewritten from them: nothing to refuse, but a folder that cannot take them must fail now,
+  # not after the first checkpoint is scored.
+  evaluation.check_output_dir(out_dir, [], True, "The validation folder", "--model_dir",
+                              error=SelectionError)
   hook = validation_hook(model_dir, suite, model, vocabulary, metric, data_dir, max_examples,
                          batch_size)
   scores: dict[int, float] = {}

@@ -147,6 +147,16 @@ def model_index_yaml(summary: Mapping[str, Any], model_name: str) -> str:
                         allow_unicode=True)
 
 
+REPORT_FILES = ("results.json", "results.md", "model_index.yaml")
+
+
+def report_paths(output_dir: str) -> list[str]:
+  """Every file ``write_reports`` may write into ``output_dir`` (a chart per task cluster): what
+  ``xmtf eval`` refuses to replace without --overwrite, and all it ever replaces."""
+  return ([os.path.join(output_dir, name) for name in REPORT_FILES]
+          + [os.path.join(output_dir, "charts", f"{stem}.png") for stem in CLUSTER_FILES.values()])
+
+
 def write_reports(summary: Mapping[str, Any], output_dir: str, model_name: str,
                   charts: bool = True) -> list[str]:
   """Writes results.json, results.md, model_index.yaml and charts/*.png; returns the paths."""

@@ -42,6 +42,52 @@ class EvalError(ValueError):
   """An evaluation that cannot run; the message says why and what to change."""
 
 
+def check_positive(value: int | None, name: str | None, flag: str, unset: str = "",
+                   error: type[ValueError] = EvalError) -> None:
+  """``value`` (None where allowed) must be >= 1; checked before anything loads, since 0 rows or
+  a batch of 0 otherwise fails much later and blames something else (a data file, the scorer)."""
+  if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+    what = f"{name} ({flag})" if name else flag
+    raise error(f"{what} must be a whole number of at least 1, got {value!r}{unset}.")
+
+
+def check_output_dir(output_dir: str, outputs: Sequence[str], overwrite: bool, name: str,
+                     flag: str = "--output_dir", error: type[ValueError] = EvalError) -> None:
+  """Before any work: ``output_dir`` exists (created if needed) and takes files, and none of
+  ``outputs`` (paths the run will write) is there already unless ``overwrite``.
+
+  Results are written at the end of a run: a folder found unwritable then, or results of an
+  earlier run replaced without asking, would cost the whole run.
+  """
+  import tempfile
+
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise error(f"{name} {output_dir} is a file, not a folder; choose another {flag}.")
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+    # Every folder that already exists and will receive files (e.g. charts/) is probed: the
+    # permission that matters is on the folder itself, not on its parent.
+    folders = dict.fromkeys([output_dir, *(os.path.dirname(p) for p in outputs)])
+    for folder in folders:
+      if os.path.isdir(folder):
+        fd, probe = tempfile.mkstemp(prefix=".xmtf-write-probe-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+  except OSError as e:
+    raise error(f"{name} {output_dir} cannot be written ({e.strerror or e}); choose a writable "
+                f"{flag} or fix its permissions.") from None
+  existing = [p for p in outputs if os.path.lexists(p)]
+  if existing and not overwrite:
+    listed = ", ".join(os.path.relpath(p, output_dir) for p in existing)
+    raise error(f"{name} {output_dir} already holds {listed} from an earlier run; pass "
+                f"--overwrite to replace them (other files there are kept), or choose another "
+                f"{flag}.")
+  locked = [p for p in existing if not os.access(p, os.W_OK)]
+  if locked:
+    raise error(f"{name} {output_dir}: {os.path.relpath(locked[0], output_dir)} cannot be "
+                f"replaced (not writable); fix its permissions or choose another {flag}.")
+
+
 @dataclasses.dataclass
 class PromptResult:
   """Accuracy of one (dataset, config, prompt), with what was skipped or cut."""
@@ -86,6 +132,7 @@ def load_params(checkpoint_path: str, config: T5Config) -> Any:
 
 
 def _load_per_layer_params(checkpoint_path: str, config: T5Config) -> Any:
+  from xmtf_pipeline import checkpoints
   from xmtf_pipeline.adafactor import Adafactor
   from xmtf_pipeline.interop import checkpoint_formats, hf_import
   from xmtf_pipeline.trainer import TrainState
@@ -94,7 +141,14 @@ def _load_per_layer_params(checkpoint_path: str, config: T5Config) -> Any:
     raise EvalError(f"CHECKPOINT_PATH {checkpoint_path} does not exist.")
   if hf_import.is_hf_dir(checkpoint_path):
     _, flat = hf_import.load(checkpoint_path, config)
-    return params_lib.unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+    params = params_lib.unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+    bad = first_nonfinite_param(params)
+    if bad is not None:
+      from xmtf_pipeline.interop import hf_mapping
+      raise checkpoints.CheckpointError(
+          f"{checkpoint_path} holds NaN/Inf values (first in {hf_mapping.to_hf_name(bad)[0]}, "
+          f"our {bad}): the model diverged or its weights are damaged; use a finite one.")
+    return params
   abstract = jax.eval_shape(lambda: TrainState.create(
       params_lib.init_params(config, jax.random.PRNGKey(0)), Adafactor()).state_dict())
   try:
@@ -102,9 +156,33 @@ def _load_per_layer_params(checkpoint_path: str, config: T5Config) -> Any:
   except params_lib.ParamMismatchError as e:  # restore_initial names the training flag
     raise params_lib.ParamMismatchError(
         str(e).replace("INITIAL_CHECKPOINT_PATH", "CHECKPOINT_PATH")) from None
+  params = jax.tree_util.tree_map(jnp.asarray, state["target"])
+  bad = first_nonfinite_param(params)
+  if bad is not None:
+    raise _nonfinite_checkpoint_error(checkpoint_path, "target/" + bad)
   step = int(jax.device_get(state["state"]["step"]))
   print(f"Loaded the parameters of {checkpoint_path} (train step {step}).", flush=True)
-  return jax.tree_util.tree_map(jnp.asarray, state["target"])
+  return params
+
+
+def first_nonfinite_param(params: Any) -> str | None:
+  """The first parameter (by name) holding NaN or Inf, or None (one bool per array is fetched)."""
+  from xmtf_pipeline import trainer
+  return next(iter(trainer.nonfinite_leaves(params)), None)
+
+
+def _nonfinite_checkpoint_error(checkpoint_path: str, array: str) -> Exception:
+  """checkpoint_formats' one line, naming the checkpoint_N folder actually read (a MODEL_DIR
+  means its newest) and the last finite checkpoint beside it."""
+  from xmtf_pipeline import checkpoints
+  from xmtf_pipeline.interop import checkpoint_formats, t5x_import
+
+  step_dir = t5x_import.detect_layout(checkpoint_path)[1].path
+  if step_dir.startswith("gs://"):  # no listing of earlier checkpoints there
+    return checkpoints.CheckpointError(
+        f"Checkpoint {step_dir} holds NaN/Inf values (first in {array}): the run diverged "
+        "before it was saved; use an earlier checkpoint.")
+  return checkpoint_formats.nonfinite_error(step_dir, array, "use")
 
 
 def evaluate_suite(model: models.EncoderDecoderModel, params: Any, vocabulary: Any,
@@ -253,11 +331,21 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
              suite: str, vocabulary: Any, batch_size: int = 32,
              feature_lengths: dict[str, int] | None = None, data_dir: str | None = None,
              max_examples: int | None = None, truncate_side: str = "right",
-             model_name: str | None = None, charts: bool = True) -> dict[str, Any]:
-  """The gin-configured body of ``xmtf eval`` (gin/runs/eval.gin); returns the aggregate."""
+             model_name: str | None = None, charts: bool = True,
+             overwrite: bool = False) -> dict[str, Any]:
+  """The gin-configured body of ``xmtf eval`` (gin/runs/eval.gin); returns the aggregate.
+
+  ``overwrite`` (``--overwrite``) lets it replace the reports of an earlier run in
+  ``output_dir``; only the files it writes are touched.
+  """
   from tasks import heldout
 
+  check_positive(batch_size, "BATCH_SIZE", "--batch_size")
+  check_positive(max_examples, "EVALUATOR_NUM_EXAMPLES", "--max_examples",
+                 "; leave it unset for every row")
   entries = heldout.resolve_suite(suite)  # an unknown name fails before the checkpoint loads
+  check_output_dir(output_dir, eval_report.report_paths(output_dir), overwrite,
+                   "EVAL_OUTPUT_DIR")
   if data_dir != heldout.suite_data_dir(suite, data_dir):
     data_dir = heldout.suite_data_dir(suite, data_dir)
     print(f"Rows: the bundled real rows in {data_dir}", flush=True)
@@ -279,6 +367,10 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
                      "feature_lengths": {**DEFAULT_LENGTHS, **(feature_lengths or {})}}
   name = model_name or os.path.basename(os.path.normpath(checkpoint_path))
   written = eval_report.write_reports(summary, output_dir, name, charts=charts)
+  if overwrite:  # an earlier run's chart of a cluster not scored now would pass for this one's
+    for path in eval_report.report_paths(output_dir):
+      if path not in written and os.path.lexists(path):
+        os.remove(path)
   print(eval_report.markdown_table(summary))
   print("Wrote " + ", ".join(os.path.relpath(p, output_dir) for p in written) + f" in {output_dir}")
   return summary
@@ -306,6 +398,9 @@ What to set (plain flag = its T5X gin form; give one or the other):
                 config); default: all
   model         --model NAME          = --gin_file=models/NAME.gin   default: the HF folder's
                 config.json or the run's MODEL_DIR/config.gin
+  overwrite     --overwrite           = --gin.evaluation.evaluate.overwrite=True   replace the
+                files below of an earlier run in the output folder (refused otherwise, before
+                any work); other files there are kept
 Without --gin_file (or with model gins only), gin/runs/eval.gin is used.
 
 Example, the bundled suite (offline) on a Hugging Face folder:
@@ -366,6 +461,9 @@ def main(argv: list[str] | None = None, prog: str = "xmtf eval",
   group.add_argument("--model", default=None, metavar="NAME",
                      help="model gin (gin/models/NAME.gin or a file; = --gin_file=models/"
                      "NAME.gin); default: the checkpoint's config.json / config.gin")
+  group.add_argument("--overwrite", action="store_true",
+                     help="replace the outputs of an earlier run in the output folder (refused "
+                     "otherwise); other files there are kept")
   try:
     args = parser.parse_args(gin_config.rewrite_gin_args(argv))
   except gin_config.GinConfigError as e:
@@ -390,11 +488,16 @@ def main(argv: list[str] | None = None, prog: str = "xmtf eval",
     checkpoint_path = (gin_config.evaluate("%CHECKPOINT_PATH")
                        if _macro_set("CHECKPOINT_PATH") else None)
     if not _macro_set("MODEL_CONFIG") and checkpoint_path:
+      # Before the model config is looked for beside it: a mistyped path would otherwise be
+      # answered by a request for --model. (With a model given, the entry checks the suite and
+      # the settings first, then load_params says the same.)
+      if "://" not in checkpoint_path and not os.path.exists(checkpoint_path):
+        raise EvalError(f"CHECKPOINT_PATH {checkpoint_path} does not exist; check --checkpoint.")
       checkpoint_contents.bind_model_config(checkpoint_path)
     gin_config.check_macros()
     run = gin_config.get_configurable(entry or evaluate)
     print(checkpoint_contents.choose_vocabulary(checkpoint_path), flush=True)
-    run()
+    run(**({"overwrite": True} if args.overwrite else {}))  # else gin's value (default False)
   except errors as e:
     # gin appends "In call to configurable ..." to errors raised inside a configurable.
     message = "\n".join(line for line in str(e).splitlines()

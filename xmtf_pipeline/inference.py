@@ -167,8 +167,15 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
           max_examples: int | None = None, inputs_add_eos: bool = True,
           truncate_side: str = "right", params: Any = None,
-          metrics: Sequence[str] = ()) -> str:
-  """The gin-configured body of ``xmtf infer``; returns the written file's path."""
+          metrics: Sequence[str] = (), overwrite: bool = False) -> str:
+  """The gin-configured body of ``xmtf infer``; returns the written file's path.
+
+  ``overwrite`` (``--overwrite``) lets it replace the outputs of an earlier run with the same
+  input and mode; without it, those are refused before any work.
+  """
+  evaluation.check_positive(batch_size, "BATCH_SIZE", "--batch_size", error=InferError)
+  evaluation.check_positive(max_examples, "INFER_NUM_EXAMPLES", "--max_examples",
+                            "; leave it unset for every row", error=InferError)
   if mode not in MODES:
     raise InferError(f"INFER_MODE must be one of {MODES}, got {mode!r}.")
   if (input_file is None) == (task_name is None):
@@ -177,14 +184,17 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
   if truncate_side not in rc.TRUNCATE_SIDES:
     raise InferError(f"TRUNCATE_SIDE must be one of {rc.TRUNCATE_SIDES}, got {truncate_side!r}.")
   lengths = {"inputs": 512, "targets": 128, **(feature_lengths or {})}
+  name = os.path.splitext(os.path.basename(input_file))[0] if input_file else task_name
+  path = os.path.join(output_dir, f"{name}-{mode}.jsonl-00000-of-00001")
+  metrics_path = os.path.join(output_dir, f"{name}-metrics.json")
+  evaluation.check_output_dir(output_dir, [path] + ([metrics_path] if metrics else []),
+                              overwrite, "INFER_OUTPUT_DIR", error=InferError)
   if input_file is not None:
     if vocabulary is None:
       raise InferError("A JSON-lines INPUT_FILE needs VOCABULARY to tokenize it.")
     rows, vocab = read_jsonl(input_file, mode, max_examples), vocabulary
-    name = os.path.splitext(os.path.basename(input_file))[0]
   else:
     rows, vocab = _task_rows(task_name, split, lengths, max_examples, task_module)
-    name = task_name
     if mode == "score" and any("targets_ids" not in r for r in rows):
       raise InferError(f"Task {task_name!r} has no 'targets' feature to score.")
   evaluation.check_vocabulary(vocab, model.config)
@@ -208,15 +218,13 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
   else:
     outputs = _score(model, params, rows, vocab, lengths, batch_size, inputs_add_eos,
                      truncate_side, counts)
-  os.makedirs(output_dir, exist_ok=True)
-  path = os.path.join(output_dir, f"{name}-{mode}.jsonl-00000-of-00001")
   with open(path, "w", encoding="utf-8") as f:
     for out in outputs:
       f.write(json.dumps(out, ensure_ascii=False) + "\n")
   if metrics:
     scores = generation_metrics.compute(metrics, [o["targets"] for o in outputs],
                                         [o["prediction"] for o in outputs])
-    with open(os.path.join(output_dir, f"{name}-metrics.json"), "w") as f:
+    with open(metrics_path, "w") as f:
       json.dump(scores, f, indent=2)
     print("metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
   print(f"{mode}: {len(outputs)} rows in {time.time() - t0:.1f}s -> {path}"
@@ -298,6 +306,9 @@ What to set (plain flag = its T5X gin form; give one or the other):
   max examples  --max_examples N     = --gin.INFER_NUM_EXAMPLES   (default: all)
   model         --model NAME         = --gin_file=models/NAME.gin   default: the HF folder's
                 config.json or the run's MODEL_DIR/config.gin
+  overwrite     --overwrite          = --gin.inference.infer.overwrite=True   replace an earlier
+                run's output of the same input and mode (refused otherwise, before any work);
+                other files there are kept
 Beam size, sampling, lengths and metrics: --gin.BEAM_SIZE, TEMPERATURE, TOP_K, TOP_P,
 TASK_FEATURE_LENGTHS, METRICS (gin/runs/infer.gin). Without --gin_file (or with model gins
 only), gin/runs/infer.gin is used.

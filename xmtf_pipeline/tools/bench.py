@@ -90,9 +90,19 @@ def bench_ours(cfg, batch: int, len_in: int, len_out: int, steps: int, loss_chun
     state, stats = compiled(state, b, rng)
   jax.block_until_ready(state.params)
   elapsed = time.perf_counter() - t
-  mem = jax.devices()[0].memory_stats() or {}
   return dict(out, step_s=elapsed / steps, loss=float(stats["loss"]),
-              peak_bytes=int(mem.get("peak_bytes_in_use", 0)))
+              peak_bytes=peak_device_bytes(jax.devices()[0]))
+
+
+def peak_device_bytes(device) -> int | None:
+  """Peak bytes in use on ``device``; None where the backend keeps no count (XLA:CPU has no
+  memory_stats), so that a table never shows an unmeasured peak as 0.0 GiB."""
+  try:
+    stats = device.memory_stats() or {}
+  except Exception:  # some backends raise instead of returning None
+    return None
+  peak = int(stats.get("peak_bytes_in_use", 0) or 0)
+  return peak or None
 
 
 def bench_hf(name: str, batch: int, len_in: int, len_out: int, steps: int, compile_model: bool,
@@ -145,10 +155,10 @@ def bench_hf(name: str, batch: int, len_in: int, len_out: int, steps: int, compi
     loss = step()
   sync()
   elapsed = time.perf_counter() - t
-  peak = torch.cuda.max_memory_allocated() if dev == "cuda" else 0
+  peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None  # no CPU count
   return {"engine": f"HF torch{' compile' if compile_model else ' eager'}", "batch": batch,
           "data": data, "step_s": elapsed / steps, "compile_s": compile_s, "loss": float(loss),
-          "peak_bytes": int(peak), "params": n_params,
+          "peak_bytes": int(peak) if peak else None, "params": n_params,
           "real_tokens_per_row": float(((b["encoder_input_tokens"] > 0).sum()
                                         + (b["decoder_target_tokens"] > 0).sum()) / batch)}
 
@@ -164,10 +174,19 @@ def _finish(r: dict, flops: float, ceiling: float, len_in: int, len_out: int) ->
   return r
 
 
-def table(rows: list[dict]) -> str:
+PEAK_NOT_MEASURED = "not measured"
+
+
+def _peak(r: dict) -> str:
+  peak = r.get("peak_bytes")
+  return f"{peak / 2**30:.1f}" if peak else PEAK_NOT_MEASURED
+
+
+def table(rows: list[dict], header: bool = True) -> str:
+  """The results table; ``header=False`` gives the row lines only (rows printed as they end)."""
   head = (f"{'engine':<34}{'data':>5}{'batch':>6}{'ex/s':>9}{'tok/s':>10}{'real tok/s':>11}"
-          f"{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}{'compile s':>10}")
-  lines = [head]
+          f"{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>13}{'compile s':>10}")
+  lines = [head] if header else []
   for r in rows:
     start = f"{r['engine'][:33]:<34}{r.get('data', 'full'):>5}{r['batch']:>6}"
     if "failed" in r:
@@ -176,7 +195,7 @@ def table(rows: list[dict]) -> str:
     lines.append(f"{start}{r['examples_per_s']:>9.1f}{r['tokens_per_s']:>10.0f}"
                  f"{r.get('real_tokens_per_s', float('nan')):>11.0f}"
                  f"{r['model_tflops']:>9.3g}{r['mfu']:>7.1%}"
-                 f"{r['peak_bytes'] / 2**30:>10.1f}{r['compile_s']:>10.1f}")
+                 f"{_peak(r):>13}{r['compile_s']:>10.1f}")
   return "\n".join(lines)
 
 
@@ -373,8 +392,10 @@ def main(argv: list[str] | None = None) -> int:
 
   def record(row):
     row.pop("stdout", None)
+    # Rows print as they finish (a GPU ladder takes minutes), under one header; the summary
+    # does not print them again.
+    print(table([row], header=len(result["rows"]) == 0), flush=True)
     result["rows"].append(row)
-    print(table([row]), flush=True)
     if args.jsonl:
       with open(args.jsonl, "a") as f:
         f.write(json.dumps(dict(row, model=args.model, inputs=args.inputs,
@@ -469,7 +490,6 @@ def _summarise(result: dict, args) -> None:
   print(f"{args.model} {args.inputs}/{args.targets}: {result['flops_per_example'] / 1e12:.3f} "
         f"TFLOP per example (fwd+bwd); bf16 matmul ceiling measured "
         f"{result['ceiling_tflops']:.1f} TFLOP/s")
-  print(table(rows))
   ok = [r for r in rows if "failed" not in r]
   ours = [r for r in ok if r["engine"].startswith("xmtf")]
   hf = [r for r in ok if "compile" in r["engine"]]
