@@ -35,7 +35,7 @@ def test_a_second_trainer_on_the_same_model_dir_refuses_before_writing(tmp_path,
   try:
     _wait_for(model_dir / "checkpoint_5", first)
     before = _listing(model_dir)
-    assert train_lib.main(_flags(model_dir, 100_010, RANDOM_SEED=8)) == 2
+    assert train_lib.main(_flags(model_dir, 12, RANDOM_SEED=8)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert f"pid {first.pid} on host" in err and "in use by another xmtf train" in err, err

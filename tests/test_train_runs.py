@@ -171,15 +171,20 @@ def test_demo_stops_on_sigterm(tmp_path):
   assert list(demo_dir.glob("checkpoint_*"))
 
 
-def test_half_written_checkpoint_is_skipped(tmp_path, capsys):
+def test_half_written_checkpoint_is_skipped(tmp_path, capsys, caplog):
   model_dir = tmp_path / "run"
   assert train_lib.main(_flags(model_dir, steps=10)) == 0
   # Damage the newest checkpoint as a crash mid-write on a non-atomic filesystem would.
   _damage(model_dir / "checkpoint_10")
   capsys.readouterr()
   assert train_lib.main(_flags(model_dir, steps=12)) == 0
-  out = capsys.readouterr().out
+  captured = capsys.readouterr()
+  out = captured.out
+  # Said once (not again through logging), in words (no pybind11 source locations).
+  said = out + captured.err + "".join(r.getMessage() for r in caplog.records)
+  assert said.lower().count("skipping") == 1, said
   assert "skipping unreadable checkpoint checkpoint_10" in out
+  assert "pybind11" not in out and "source locations" not in out, out
   assert "Restored checkpoint_5" in out
   # Never more than one set aside per start: with checkpoint_12 and the new checkpoint_10
   # damaged, the start sets checkpoint_12 aside and stops at checkpoint_10, moving nothing else.
