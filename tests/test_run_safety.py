@@ -244,3 +244,18 @@ def test_a_full_disk_while_saving_is_one_line_naming_the_last_checkpoint(small_d
   assert "Disk full: checkpoint_10 needs about" in lines[0] and "is free" in lines[0], lines[0]
   assert "checkpoint_5 is the newest checkpoint" in lines[0], lines[0]
   assert (model_dir / "checkpoint_5").is_dir() and not (model_dir / "checkpoint_10").exists()
+
+
+def test_the_demo_does_not_clear_its_folder_while_a_run_holds_it(tmp_path):
+  from xmtf_pipeline.run_lock import RunLock
+  from xmtf_pipeline.tools import demo
+  model_dir = tmp_path / "demo"
+  model_dir.mkdir()
+  (model_dir / demo.MARKER).touch()
+  (model_dir / "checkpoint_5").mkdir()
+  with RunLock(str(model_dir)):
+    with pytest.raises(SystemExit, match="is in use by another run"):
+      demo._fresh_dir(str(model_dir))
+    assert (model_dir / "checkpoint_5").is_dir()
+  demo._fresh_dir(str(model_dir))  # once the run is gone, the demo's own folder is recreated
+  assert not (model_dir / "checkpoint_5").exists()

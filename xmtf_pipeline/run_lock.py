@@ -40,6 +40,24 @@ def _holder_text(fd: int) -> str:
           f"{info.get('started', '?')}")
 
 
+def holder(model_dir: str) -> str | None:
+  """Who holds MODEL_DIR's lock now (host, pid, start), or None when nobody does."""
+  path = os.path.join(model_dir, LOCK_NAME)
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except OSError:
+    return _holder_text(fd)
+  else:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return None
+  finally:
+    os.close(fd)
+
+
 class RunLock:
   """``with RunLock(model_dir, is_chief):`` holds MODEL_DIR for this job or raises RunLockError.
 

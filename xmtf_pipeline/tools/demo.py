@@ -17,7 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xmtf_pipeline import checkpoints, decoding, gin_config, input_pipeline, models, params
+from xmtf_pipeline import (
+  checkpoints,
+  decoding,
+  gin_config,
+  input_pipeline,
+  models,
+  params,
+  run_lock,
+)
 from xmtf_pipeline import train as train_lib
 from xmtf_pipeline.adafactor import Adafactor
 from xmtf_pipeline.trainer import TrainState, jit_eval_step
@@ -55,6 +63,10 @@ def _fresh_dir(model_dir: str) -> None:
     if not os.path.exists(os.path.join(model_dir, MARKER)):
       raise SystemExit(f"xmtf demo: {model_dir} exists and was not made by the demo; "
                        "pass --model_dir with a new folder.")
+    busy = run_lock.holder(model_dir)
+    if busy:
+      raise SystemExit(f"xmtf demo: {model_dir} is in use by another run ({busy}); nothing was "
+                       "cleared: wait for it, or pass --model_dir with a new folder.")
     shutil.rmtree(model_dir)
   os.makedirs(model_dir, exist_ok=True)
   open(os.path.join(model_dir, MARKER), "w").close()
