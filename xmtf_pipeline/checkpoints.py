@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -60,13 +61,21 @@ class Checkpointer:
 
   def save(self, step: int, state_dict: Any, data_state: dict[str, Any]) -> None:
     """Saves atomically; a full disk is one CheckpointError saying how much space it needs."""
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _closed_loop_stragglers_dropped(previous_hook)
     try:
       with _orbax_logs_muted():
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state_dict), dataset=ocp.args.JsonSave(data_state)),
             force=True)
         self._manager.wait_until_finished()
+      sys.unraisablehook = previous_hook
     except Exception as e:
+      # The failed save's other writes end later, on their own threads: TensorStore prints each
+      # one's 'Event loop is closed' as unraisable (the hook's filter stays) and asyncio logs each
+      # abandoned task when it is collected (its logger stays muted). The run stops on this
+      # error, so nothing after it is hidden but the echoes of this save.
+      logging.getLogger("asyncio").setLevel(logging.CRITICAL)
       if not _is_disk_full(e):
         raise
       need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree_util.tree_leaves(state_dict))
@@ -142,6 +151,15 @@ def _gib(n: int) -> str:
   return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
 
 
+def _closed_loop_stragglers_dropped(hook):
+  """sys.unraisablehook without the 'Event loop is closed' errors of a failed save's late writes."""
+  def filtered(unraisable):
+    if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed":
+      return
+    hook(unraisable)
+  return filtered
+
+
 def _is_disk_full(error: BaseException | None) -> bool:
   seen = set()
   while error is not None and id(error) not in seen:
@@ -156,7 +174,7 @@ def _is_disk_full(error: BaseException | None) -> bool:
 def _orbax_logs_muted():
   """orbax logs each failing write's traceback (about 140 lines on a full disk) before raising;
   the raised error is what the run reports, in one line."""
-  loggers = [logging.getLogger(n) for n in ("absl", "orbax", "jax._src.distributed")]
+  loggers = [logging.getLogger(n) for n in ("absl", "orbax", "jax._src.distributed", "asyncio")]
   levels = [lg.level for lg in loggers]
   for lg in loggers:
     lg.setLevel(logging.CRITICAL)
