@@ -86,7 +86,7 @@ def train_losses(log: str, collection: str = "train") -> dict[int, float]:
 @pytest.mark.skipif(not T5X_DIR, reason=(
     "XMTF_T5X_DIR is not set: point it at a google-research/t5x source tree (commit "
     f"{PINNED[:8]}, scripts/launch_tpu_pod.sh T5X_COMMIT) to run upstream T5X's trainer on "
-    "gin/t5x/mt0_small_xp3.gin; CI cannot fetch T5X (README 'Using upstream T5X' has a run)"))
+    "gin/t5x/mt0_small_xp3.gin; CI cannot fetch T5X (docs/upstream-t5x.md has a run)"))
 def test_upstream_t5x_trains_mt0_small_recipe_on_the_sample(tmp_path):
   t5x_dir = Path(T5X_DIR).expanduser().resolve()
   assert (t5x_dir / "t5x" / "train.py").is_file(), \
