@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import difflib
 import importlib
+import importlib.resources
 import logging
 import os
 import re
@@ -20,8 +21,20 @@ from typing import Any
 
 import gin
 
-# The repository's gin/ folder (the package is installed editable next to it).
-GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
+
+def _gin_dir() -> Path:
+  """The gin files of the copy of this package that runs."""
+  # A wheel carries the repository's gin/ as package data, xmtf_pipeline/gin_files (setup.cfg
+  # package_dir). A source checkout (editable install, PYTHONPATH) has no such folder: its files
+  # are the repository's gin/ beside the package. Importing xmtf_pipeline.gin_files instead would
+  # find another checkout's gin/ where that one is installed editable and this one on PYTHONPATH.
+  installed = Path(importlib.resources.files("xmtf_pipeline")) / "gin_files"
+  if installed.is_dir():
+    return installed.resolve()
+  return Path(__file__).resolve().parent.parent / "gin"
+
+
+GIN_DIR = _gin_dir()
 MODELS_DIR = GIN_DIR / "models"
 
 
@@ -99,7 +112,7 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
           search_paths: Sequence[str] = (), finalize: bool = True) -> None:
   """Clears gin and parses files then bindings (later overrides earlier).
 
-  The repository's ``gin/`` folder is always searched last, as T5X appends
+  Our ``gin/`` folder (``GIN_DIR``) is always searched last, as T5X appends
   its own root. Errors from gin are re-raised naming the file or binding.
   """
   gin.clear_config(clear_constants=False)
