@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.resources
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,7 @@ from typing import Any
 import gin
 from tasks import languages, registry, vocab
 
-DATA_ROOT = Path(__file__).resolve().parent / "data" / "heldout"
+DATA_ROOT = Path(importlib.resources.files("tasks"), "data", "heldout").resolve()  # package data
 BUNDLED_DIR = DATA_ROOT
 TEMPLATES_DIR = DATA_ROOT / "promptsource"
 TEXT_VAR_LENGTH = 2048  # promptsource truncates every substituted variable to this many chars

@@ -20,6 +20,7 @@ checked against the model's embeddings (evaluation.check_vocabulary).
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -34,7 +35,8 @@ MT5_SPM_ENV = "MT5_SPM_PATH"
 # mT5's model already holds 100 sentinel pieces (250,000 + 100 = 250,100), hence extra_ids=0.
 MT5_EXTRA_IDS = 0
 
-SAMPLE_SPM = Path(__file__).resolve().parent / "data" / "spm" / "xp3_sample.model"
+# Package data (setup.cfg), so it is found the same way in a checkout and in a wheel install.
+SAMPLE_SPM = Path(importlib.resources.files("tasks"), "data", "spm", "xp3_sample.model").resolve()
 # The sample model has 400 pieces and no sentinels; seqio appends 100 (ids 400..499) so span
 # corruption has sentinels and the whole vocabulary fits the tiny model's 512 embeddings.
 SAMPLE_EXTRA_IDS = 100

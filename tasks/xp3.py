@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.resources
 import re
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from tasks.sources import HFDatasetsSource, Holdout, JsonlSource, env_or, load_j
 # already shuffled by BigScience (`shuf`), so this only decorrelates neighbouring lines.
 SHUFFLE_BUFFER_SIZE = 10_000
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "xp3_sample"
+SAMPLE_DIR = Path(importlib.resources.files("tasks"), "data", "xp3_sample").resolve()  # package data
 SAMPLE_LANGUAGES = ("ar", "code", "en", "es", "fr", "hi", "id", "pt", "sw", "vi", "yo", "zh")
 SAMPLE_HOLDOUT = Holdout(every=10)
 SAMPLE_SHUFFLE_BUFFER_SIZE = 1_000  # > 3 passes over the largest sample file; fast to fill.
