@@ -56,6 +56,7 @@ SLOW = (
     "test_planner.py::test_a_fake_device_mesh_compiles_in_a_child_process",
     "test_eval_cli.py::test_xmtf_infer_predict_and_score",
     "test_train_runs.py::test_ctrl_c_saves_and_exits_130_and_a_second_one_aborts",
+    "test_install.py::test_the_installed_wheel_runs_the_demo_outside_the_repository",
     "test_run_safety.py::test_a_data_error_mid_run_saves_first_and_the_printed_fix_runs",
     "test_run_safety.py::test_a_full_disk_while_saving_is_one_line_naming_the_last_checkpoint",
     "test_run_safety.py::test_a_second_trainer_on_the_same_model_dir_refuses_before_writing",
