@@ -57,6 +57,14 @@ def test_unknown_model_name_lists_choices():
     gin_config.load_model_config("mt5_larg")
 
 
+def test_the_shared_base_is_no_model():
+  """models/mt5_common.gin holds what the sizes share, not dimensions: not offered as a model."""
+  assert "mt5_common" not in gin_config.model_names()
+  assert set(EXPECTED) | {"mt5_tiny"} == set(gin_config.model_names())
+  with pytest.raises(gin_config.GinConfigError, match=r"Unknown model 'mt5_common'"):
+    gin_config.model_gin_file("mt5_common")
+
+
 def test_malformed_gin_file_names_file(tmp_path):
   bad = tmp_path / "bad.gin"
   bad.write_text("from __gin__ import dynamic_registration\n"

@@ -61,9 +61,9 @@ RECIPES = (
     "t5x/runs/eval_heldout.gin",
     "t5x/runs/infer.gin",
 )
-# A family's shared base is named *_common.gin: no model, run or recipe of its own (it lacks the
-# sizes, or the per-size values), it is checked through every file that includes it.
-SHARED_SUFFIX = "_common.gin"
+# A family's shared base (*_common.gin) is no model, run or recipe of its own (it lacks the sizes,
+# or the per-size values): it is checked through every file that includes it.
+SHARED_SUFFIX = gin_config.SHARED_BASE_SUFFIX + ".gin"
 
 
 def _golden_path(gin_file: str) -> Path:

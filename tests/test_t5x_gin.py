@@ -2,8 +2,10 @@
 
 Upstream includes cannot resolve here, so each file is read statement by statement with gin's own
 parser (no configurable is looked up) and checked against gin/t5x/upstream_names.json, the names
-read in upstream source. Also: the mT0 values equal our recipes in gin/mt0/, `tasks` imports
-without our engine, and scripts/launch_tpu_pod.sh --engine t5x. No upstream T5X run happens here.
+read in upstream source. A recipe's include of its family's shared base
+(gin/t5x/mt0_xp3_common.gin, found by upstream T5X on --gin_search_paths as the recipe is) is read
+in its place. Also: the mT0 values equal our recipes in gin/mt0/, `tasks` imports without our
+engine, and scripts/launch_tpu_pod.sh --engine t5x. No upstream T5X run happens here.
 """
 
 import ast
@@ -19,12 +21,16 @@ from typing import Any, NamedTuple
 import pytest
 
 from gin import config_parser
+from xmtf_pipeline import gin_config
 
 REPO = Path(__file__).resolve().parent.parent
 T5X_GIN = REPO / "gin" / "t5x"
 NAMES = json.loads((T5X_GIN / "upstream_names.json").read_text())
 SIZES = ("small", "base", "large", "xl", "xxl")
 GIN_FILES = sorted(p.name for p in T5X_GIN.glob("*.gin"))
+# A family's shared base (mt0_xp3_common.gin): no recipe of its own, checked through its recipes.
+SHARED = [n for n in GIN_FILES if Path(n).stem.endswith(gin_config.SHARED_BASE_SUFFIX)]
+RECIPES = [n for n in GIN_FILES if n not in SHARED]
 LAUNCHER = REPO / "scripts" / "launch_tpu_pod.sh"
 
 
@@ -51,6 +57,25 @@ def _statements(path: Path) -> list:
   return list(config_parser.ConfigParser(path.read_text(), _Delegate()))
 
 
+def _family_include(path: Path, filename: str) -> Path | None:
+  """The shared base of ``path``'s family (a file of ours in the same folder) that an include
+  names, resolved as upstream T5X does through $XMTF_DIR/gin on --gin_search_paths; None for any
+  other include (an upstream file, or our model and run gins, which stay include statements)."""
+  target = REPO / "gin" / filename
+  if filename in NAMES["files"] or not target.is_file() or target.parent != path.parent:
+    return None
+  return target
+
+
+def _expanded(path: Path) -> list[tuple[Path, Any]]:
+  """(file, statement) in gin's order, the family's shared base read in place of its include."""
+  out = []
+  for stmt in _statements(path):
+    own = isinstance(stmt, config_parser.IncludeStatement) and _family_include(path, stmt.filename)
+    out += _expanded(own) if own else [(path, stmt)]
+  return out
+
+
 def _is_macro(stmt) -> bool:
   return stmt.arg_name == "" and "." not in stmt.selector
 
@@ -63,7 +88,7 @@ def _key(stmt) -> str:
 
 def _bindings(path: Path) -> dict[str, Any]:
   out = {}
-  for stmt in _statements(path):
+  for _, stmt in _expanded(path):
     if isinstance(stmt, config_parser.BindingStatement):
       assert _key(stmt) not in out, f"{path.name}: {_key(stmt)} bound twice"
       out[_key(stmt)] = stmt.value
@@ -71,7 +96,7 @@ def _bindings(path: Path) -> dict[str, Any]:
 
 
 def _of_type(path: Path, kind) -> list:
-  return [s for s in _statements(path) if isinstance(s, kind)]
+  return [s for _, s in _expanded(path) if isinstance(s, kind)]
 
 
 def _leaves(value):
@@ -110,7 +135,12 @@ def _tasks_gin_configurables(module: str) -> set[str]:
 
 
 def test_the_recipes_are_all_there():
-  assert GIN_FILES == sorted([f"mt0_{s}_xp3.gin" for s in SIZES] + ["mt5_base_mc4_pretrain.gin"])
+  assert RECIPES == sorted([f"mt0_{s}_xp3.gin" for s in SIZES] + ["mt5_base_mc4_pretrain.gin"])
+  assert SHARED == ["mt0_xp3_common.gin"]
+  for size in SIZES:  # the base is read through them; each includes it after its model gin
+    includes = [s.filename for s in _statements(T5X_GIN / f"mt0_{size}_xp3.gin")
+                if isinstance(s, config_parser.IncludeStatement)]
+    assert includes == [f"t5x/examples/t5/mt5/{size}.gin", "t5x/mt0_xp3_common.gin"], includes
 
 
 def test_names_list_is_consistent():
@@ -136,13 +166,12 @@ def test_names_list_is_consistent():
   assert NAMES["pinned_commit"] in files["t5x/configs/runs/finetune.gin"]["commits"]
 
 
-@pytest.mark.parametrize("gin_file", GIN_FILES)
-def test_binds_only_names_read_upstream(gin_file):
-  path = T5X_GIN / gin_file
-  statements = _statements(path)
-  imports = [s for s in statements if isinstance(s, config_parser.ImportStatement)]
-  assert imports and imports[0].module == "__gin__.dynamic_registration", "T5X gins register dynamically"
-  aliases = {}  # name bound by an import -> module
+def _aliases(path: Path) -> dict[str, str]:
+  """Name bound by each import of one file -> module (gin scopes imports to their file)."""
+  imports = [s for s in _statements(path) if isinstance(s, config_parser.ImportStatement)]
+  assert imports and imports[0].module == "__gin__.dynamic_registration", \
+      f"{path.name}: T5X gins register dynamically"
+  aliases = {}
   for imp in imports[1:]:
     if imp.module.split(".")[0] == "tasks":
       assert (REPO / Path(*imp.module.split("."))).with_suffix(".py").is_file(), imp.format()
@@ -150,6 +179,16 @@ def test_binds_only_names_read_upstream(gin_file):
       assert imp.module in NAMES["imports"], f"{imp.format()}: not an import seen upstream"
       assert imp.bound_name() == NAMES["imports"][imp.module]["alias"], imp.format()
     aliases[imp.bound_name()] = imp.module
+  return aliases
+
+
+@pytest.mark.parametrize("gin_file", RECIPES)
+def test_binds_only_names_read_upstream(gin_file):
+  path = T5X_GIN / gin_file
+  expanded = _expanded(path)
+  aliases_of = {f: _aliases(f) for f, _ in expanded}
+  assert all(f == path or f.name in SHARED for f in aliases_of), "a recipe includes only a base"
+  statements = [s for _, s in expanded]
 
   includes = [s.filename for s in statements if isinstance(s, config_parser.IncludeStatement)]
   assert includes, "a run gin and a model gin are expected"
@@ -158,11 +197,13 @@ def test_binds_only_names_read_upstream(gin_file):
   closure = _include_closure(includes)
   upstream_macros = {m for f in closure for m in NAMES["files"][f].get("macros", [])}
 
-  bindings = [s for s in statements if isinstance(s, config_parser.BindingStatement)]
-  bound_macros = {s.selector for s in bindings if _is_macro(s)}
-  referenced = {leaf.name for s in bindings for leaf in _leaves(s.value) if isinstance(leaf, Macro)}
-  for stmt in bindings:
-    where = f"{gin_file}:{stmt.location.line_num} {_key(stmt)}"
+  bindings = [(f, s) for f, s in expanded if isinstance(s, config_parser.BindingStatement)]
+  bound_macros = {s.selector for _, s in bindings if _is_macro(s)}
+  referenced = {leaf.name for _, s in bindings for leaf in _leaves(s.value)
+                if isinstance(leaf, Macro)}
+  for file, stmt in bindings:
+    aliases = aliases_of[file]
+    where = f"{file.name}:{stmt.location.line_num} {_key(stmt)}"
     if _is_macro(stmt):
       assert stmt.selector in NAMES["macros"], f"{where}: macro not seen upstream"
       # A macro no included upstream file defines does nothing unless this file uses it.
@@ -192,6 +233,48 @@ def test_binds_only_names_read_upstream(gin_file):
   assert "MODEL_DIR" in required, "MODEL_DIR comes from the included run gin"
   assert "MODEL_DIR" not in bound_macros, "MODEL_DIR is for the command line"
   assert required - {"MODEL_DIR"} <= bound_macros, required - bound_macros - {"MODEL_DIR"}
+
+
+def test_includes_resolve_as_upstream_t5x_resolves_them(tmp_path):
+  """gin itself, with upstream T5X's search paths (cwd, $T5X_DIR, $XMTF_DIR/gin), finds the shared
+  base through $XMTF_DIR/gin and the upstream files in $T5X_DIR (stubs here), in the order the
+  recipe's values need: the model gin, then finetune.gin, then ours, which override it."""
+  for size in SIZES:
+    model = tmp_path / "t5x" / "examples" / "t5" / "mt5" / f"{size}.gin"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    model.write_text(f"STUB_MODEL = '{size}'\n")
+  run = tmp_path / "t5x" / "configs" / "runs" / "finetune.gin"
+  run.parent.mkdir(parents=True)
+  run.write_text("STUB_RUN = 1\nBATCH_SIZE = 128\nTRAIN_STEPS = %gin.REQUIRED\n")
+  # A fresh process: t5x is absent here, so its imports and configurables are skipped
+  # (skip_unknown), which holds only while no configurable of the same name (our engine's
+  # network.T5Config) is registered; macros are still bound.
+  code = textwrap.dedent(f"""
+      import json
+      import gin
+      gin.config._LOCATION_PREFIXES[:] = ["", {str(tmp_path)!r}, {str(REPO / "gin")!r}]
+      out = {{}}
+      for size in {list(SIZES)!r}:
+        gin.clear_config()
+        tree = gin.parse_config_file(f"t5x/mt0_{{size}}_xp3.gin", skip_unknown=True)
+        out[size] = {{
+            "includes": [[i.filename, [j.filename for j in i.includes]] for i in tree.includes],
+            "macros": {{scope: repr(v["value"]) for (scope, sel), v in gin.config._CONFIG.items()
+                       if sel == "gin.macro"}}}}
+      print(json.dumps(out))
+      """)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300)  # cwd: as scripts/launch_tpu_pod.sh runs t5x.train
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  for size in SIZES:
+    assert got[size]["includes"] == [[f"t5x/examples/t5/mt5/{size}.gin", []],
+                                     ["t5x/mt0_xp3_common.gin", ["t5x/configs/runs/finetune.gin"]]]
+    macros = got[size]["macros"]
+    assert macros["STUB_MODEL"] == repr(size) and macros["STUB_RUN"] == "1"
+    ours = _bindings(T5X_GIN / f"mt0_{size}_xp3.gin")
+    assert macros["BATCH_SIZE"] == "512" and macros["TRAIN_STEPS"] == repr(ours["TRAIN_STEPS"])
 
 
 def test_mt0_large_values():
@@ -321,7 +404,7 @@ def test_model_vocabulary_passes_t5x_vocab_check():
   """The gin files' VOCABULARY, evaluated by gin, equals the xp3 and mc4 tasks' vocabulary under
   `!=` (T5X's verify_matching_vocabs); a plain SentencePieceVocabulary of mT5's file does not."""
   keep = ("from __gin__ ", "import tasks", "from tasks ", "VOCABULARY =")
-  lines = [ln for ln in (T5X_GIN / "mt0_large_xp3.gin").read_text().splitlines()
+  lines = [ln for ln in (T5X_GIN / "mt0_xp3_common.gin").read_text().splitlines()
            if ln.startswith(keep)]
   assert len(lines) == 4, lines
   code = textwrap.dedent(f"""

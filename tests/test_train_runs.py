@@ -314,7 +314,8 @@ def test_every_gin_file_parses_and_binds(gin_file):
       "EVAL_OUTPUT_DIR": "'/tmp/eval'", "INFER_OUTPUT_DIR": "'/tmp/infer'"}
   if gin_file.startswith("models/"):
     files, needed = [gin_file], ["DROPOUT_RATE"]
-  elif gin_file.startswith("mt0/"):  # complete recipes: only MODEL_DIR is left to the user
+  elif gin_file.startswith("mt0/") and not Path(gin_file).stem.endswith(
+      gin_config.SHARED_BASE_SUFFIX):  # complete recipes: only MODEL_DIR is left to the user
     files, needed = [gin_file], ["MODEL_DIR"]
   else:
     files, needed = ["models/mt5_tiny.gin", gin_file], list(required)

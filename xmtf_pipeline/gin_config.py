@@ -36,6 +36,10 @@ def _gin_dir() -> Path:
 
 GIN_DIR = _gin_dir()
 MODELS_DIR = GIN_DIR / "models"
+# A family's shared base (models/mt5_common.gin, mt0/mt0_xp3_common.gin) is included by the
+# family's files, which state what it lacks (a size's dimensions, a recipe's steps): it is no
+# model or recipe of its own, so it is not offered as one.
+SHARED_BASE_SUFFIX = "_common"
 
 
 class GinConfigError(ValueError):
@@ -260,7 +264,8 @@ def get_configurable(fn):
 
 
 def model_names() -> list[str]:
-  return sorted(p.stem for p in MODELS_DIR.glob("*.gin"))
+  return sorted(p.stem for p in MODELS_DIR.glob("*.gin")
+                if not p.stem.endswith(SHARED_BASE_SUFFIX))
 
 
 def model_gin_file(name_or_path: str) -> str:
@@ -270,7 +275,7 @@ def model_gin_file(name_or_path: str) -> str:
       raise GinConfigError(f"Model gin file {name_or_path!r} does not exist.")
     return name_or_path
   path = MODELS_DIR / f"{name_or_path}.gin"
-  if not path.is_file():
+  if name_or_path not in model_names():
     raise GinConfigError(
         f"Unknown model {name_or_path!r}. Choose one of: {', '.join(model_names())} "
         f"(files in {MODELS_DIR}), or pass a .gin file path.")
