@@ -17,7 +17,7 @@
 #   files from T5X's metrics). seqio evaluates one split per run: for heldout and heldout_l1 a
 #   second run evaluates split 'test' (XWinograd); heldout_xwinograd* runs on 'test' only.
 #   Local runs need T5X_DIR (a google-research/t5x clone) and T5X's packages in T5X_PYTHON
-#   (default .venv/bin/python, see README "Using upstream T5X"); shims from scripts/t5x_shims.
+#   (default .venv/bin/python, see docs/upstream-t5x.md); shims from scripts/t5x_shims.
 # --launcher local (default) runs here. tpu_pod: scripts/launch_tpu_pod.sh --job eval on every
 #   worker of TPU NAME (then, for t5x, the report here). T5X's eval is multi-host; `xmtf eval` is
 #   single-process, so there each worker evaluates the whole suite by itself (use a one-host
@@ -98,7 +98,7 @@ case "$LAUNCHER" in
   local)
     T5X_DIR="${T5X_DIR:-}"
     if [ -z "$T5X_DIR" ]; then
-      [ "$DRY" = 1 ] || die "set T5X_DIR to a google-research/t5x clone (README 'Using upstream T5X')"
+      [ "$DRY" = 1 ] || die "set T5X_DIR to a google-research/t5x clone (docs/upstream-t5x.md)"
       T5X_DIR='$T5X_DIR'
     fi
     PY="${T5X_PYTHON:-$ROOT/.venv/bin/python}"

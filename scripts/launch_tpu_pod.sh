@@ -20,7 +20,7 @@
 #     seqio from their git HEADs; our package is not installed there.
 #   pinned: our pinned venv (scripts/install.sh with jax[tpu]) plus scripts/t5x_requirements.txt
 #     (--no-deps), T5X from the clone on PYTHONPATH: the combination verified by running
-#     gin/t5x/mt0_small_xp3.gin (README "Using upstream T5X", tests/test_upstream_t5x.py).
+#     gin/t5x/mt0_small_xp3.gin (docs/upstream-t5x.md, tests/test_upstream_t5x.py).
 #   Either way scripts/t5x_shims/needed.py adds import shims for airio and jestimator to
 #   PYTHONPATH only if the real package does not import (airio has no PyPI release; PyPI's
 #   jestimator 0.3.3 fails on our JAX); T5X imports them, our recipes use neither.

@@ -6,7 +6,7 @@ names below in ``isinstance`` checks and type annotations, to tell AirIO tasks f
 Our tasks are SeqIO tasks, so with this shim every such check is False and T5X takes its SeqIO
 path. It provides nothing else: an AirIO task cannot be built or run with it. When the real
 ``airio`` is importable, it is used instead (the launchers put this folder on PYTHONPATH only
-when ``import airio.core`` fails). See README "Using upstream T5X".
+when ``import airio.core`` fails). See docs/upstream-t5x.md.
 """
 
 XMTF_AIRIO_SHIM = True
