@@ -21,9 +21,10 @@ After a deliberate change, rewrite the golden files and review the diff:
 import pprint
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
+from test_t5x_gin import Macro, Ref, _statements
 
 import gin
 from gin import config_parser
@@ -97,29 +98,6 @@ def _gin_canonical(gin_file: str) -> str:
 # ----------------------------------------------------------------- read statement by statement
 
 
-class _Ref(NamedTuple):
-  name: str
-  evaluate: bool
-
-
-class _Macro(NamedTuple):
-  name: str
-
-
-class _Delegate(config_parser.ParserDelegate):
-  """Keeps references and macros as names: nothing is looked up (t5x is not importable here)."""
-
-  def configurable_reference(self, scoped_configurable_name, evaluate):
-    return _Ref(scoped_configurable_name, evaluate)
-
-  def macro(self, macro_name):
-    return _Macro(macro_name)
-
-
-def _statements(path: Path) -> list:
-  return list(config_parser.ConfigParser(path.read_text(), _Delegate()))
-
-
 def _own_include(filename: str) -> Path | None:
   """Our file an include names, resolved as upstream T5X does with $XMTF_DIR/gin on
   --gin_search_paths; None for an upstream file (absent here)."""
@@ -137,9 +115,9 @@ def _resolve(name: str, aliases: dict[str, str]) -> str:
 
 
 def _fmt(value: Any, aliases: dict[str, str]) -> str:
-  if isinstance(value, _Ref):
+  if isinstance(value, Ref):
     return "@" + _resolve(value.name, aliases) + ("()" if value.evaluate else "")
-  if isinstance(value, _Macro):
+  if isinstance(value, Macro):
     return "%" + value.name
   if isinstance(value, dict):
     items = sorted((_fmt(k, aliases), _fmt(v, aliases)) for k, v in value.items())
