@@ -96,6 +96,18 @@ def save_our_checkpoint(model_dir: str, config: T5Config = TINY, step: int = 7, 
   return os.path.join(model_dir, f"checkpoint_{step}"), params, opt
 
 
+def export_our_checkpoint(root) -> tuple[str, dict, object]:
+  """A saved checkpoint under root/run and its `xmtf export-hf` folder root/hf.
+
+  Returns (checkpoint dir, params, export folder).
+  """
+  from xmtf_pipeline import cli  # the CLI imports every job: only the tests that export pay for it
+  ckpt, tree, _ = save_our_checkpoint(str(root / "run"))
+  out = root / "hf"
+  assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(out)]) == 0
+  return ckpt, tree, out
+
+
 def train_target(config: T5Config = TINY, seed: int = 5) -> dict:
   """What the trainer passes to restore_initial: a fresh state's state_dict()."""
   params = params_lib.init_params(config, jax.random.PRNGKey(seed))

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from interop_testlib import TINY, random_opt_state, random_params, save_our_checkpoint
+from interop_testlib import (
+    TINY,
+    export_our_checkpoint,
+    random_opt_state,
+    random_params,
+    save_our_checkpoint,
+)
 
 from xmtf_pipeline import checkpoints, cli
 from xmtf_pipeline.interop import output_dir
@@ -26,10 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """(checkpoint dir, a plain earlier export of it) for tests to copy."""
-  root = tmp_path_factory.mktemp("safety")
-  ckpt, _, _ = save_our_checkpoint(str(root / "run"))
-  export = root / "export"
-  assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(export)]) == 0
+  ckpt, _, export = export_our_checkpoint(tmp_path_factory.mktemp("safety"))
   return ckpt, export
 
 

@@ -21,6 +21,7 @@ import yaml
 from interop_testlib import (
   SPM,
   TINY,
+  export_our_checkpoint,
   operative_config,
   our_logits,
   padded_batch,
@@ -39,11 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-  root = tmp_path_factory.mktemp("export")
-  ckpt, tree, _ = save_our_checkpoint(str(root / "run"))
-  out = root / "hf"
-  assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(out)]) == 0
-  return ckpt, tree, out
+  return export_our_checkpoint(tmp_path_factory.mktemp("export"))
 
 
 @pytest.fixture(scope="module")
