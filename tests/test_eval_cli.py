@@ -60,6 +60,20 @@ def test_xmtf_eval_writes_the_model_card_results(run_dir, tmp_path, capsys):
   index = yaml.safe_load((out_dir / "model_index.yaml").read_text())["model-index"]
   assert index[0]["name"] == "tiny" and len(index[0]["results"]) == 2
   assert (out_dir / "charts" / "sentence_completion.png").is_file()
+  # One jsonl per prompt: each scored row's index, choice scores, prediction and label.
+  files = sorted((out_dir / "examples").rglob("*.jsonl"))
+  assert len(files) == 10 and "and 10 per-example files (examples/)" in out
+  for prompt in summary["prompts"]:
+    path = out_dir / "examples" / prompt["dataset"] / prompt["config"]
+    rows = [json.loads(line) for f in path.glob("*.jsonl") for line in f.read_text().splitlines()
+            if json.loads(line)["prompt"] == prompt["prompt"]]
+    assert len(rows) == prompt["num_examples"] == 8
+    assert sorted(r["index"] for r in rows) == list(range(8))  # every bundled row is labeled
+    for r in rows:
+      assert len(r["scores"]) >= 2 and all(s < 0 for s in r["scores"])
+      assert r["prediction"] == int(np.argmax(r["scores"])) and r["label"] in range(len(r["scores"]))
+    correct = sum(r["prediction"] == r["label"] for r in rows)
+    assert prompt["accuracy"] == pytest.approx(100 * correct / len(rows))
 
 
 def test_hf_checkpoint_folder_loads_the_same_parameters(run_dir, tmp_path):

@@ -127,6 +127,11 @@ def test_earlier_results_are_refused_then_replaced_with_overwrite(run_dir, tmp_p
   (out_dir / "charts").mkdir(parents=True)
   for name in ("results.json", "results.md", "notes.txt", "charts/nli.png", "charts/mine.png"):
     (out_dir / name).write_text("earlier")
+  earlier = out_dir / "examples" / "rte" / "rte" / "old_prompt.jsonl"  # a prompt not scored now
+  earlier.parent.mkdir(parents=True)
+  earlier.write_text(json.dumps(dict.fromkeys(
+      ["dataset", "config", "prompt", "index", "scores", "prediction", "label"], 0)) + "\n")
+  (out_dir / "examples" / "mine.jsonl").write_text('{"note": "mine"}\n')
   real_load = evaluation.load_params
   monkeypatch.setattr(evaluation, "load_params", lambda *a: pytest.fail("loaded before refusal"))
   rc = cli.main(_eval(f"{run_dir}/checkpoint_10", out_dir))
@@ -145,6 +150,8 @@ def test_earlier_results_are_refused_then_replaced_with_overwrite(run_dir, tmp_p
   assert (out_dir / "notes.txt").read_text() == "earlier"
   assert (out_dir / "charts" / "mine.png").read_text() == "earlier"
   assert not (out_dir / "charts" / "nli.png").exists()
+  assert not earlier.exists() and (out_dir / "examples" / "mine.jsonl").is_file()
+  assert list((out_dir / "examples").rglob("*.jsonl")) != [out_dir / "examples" / "mine.jsonl"]
 
 
 def test_infer_refuses_to_replace_its_output_without_overwrite(run_dir, tmp_path, capsys,

@@ -33,7 +33,8 @@ def aggregate(results: Iterable[Any]) -> dict[str, Any]:
   """
   from tasks import heldout
 
-  rows = [r if isinstance(r, Mapping) else r.__dict__ for r in results]
+  rows = [{k: v for k, v in (r if isinstance(r, Mapping) else r.__dict__).items() if k != "rows"}
+          for r in results]
   prompts = [{**dict(r), "accuracy": _pct(r["accuracy"])} for r in rows]
   configs: list[dict[str, Any]] = []
   order = {(d, c): i for i, (d, c, _) in enumerate(heldout.all_entries())}
@@ -155,6 +156,69 @@ def report_paths(output_dir: str) -> list[str]:
   ``xmtf eval`` refuses to replace without --overwrite, and all it ever replaces."""
   return ([os.path.join(output_dir, name) for name in REPORT_FILES]
           + [os.path.join(output_dir, "charts", f"{stem}.png") for stem in CLUSTER_FILES.values()])
+
+
+EXAMPLES_DIR = "examples"
+EXAMPLE_KEYS = ("dataset", "config", "prompt", "index", "scores", "prediction", "label")
+
+
+def example_paths(output_dir: str, entries: Sequence[tuple[str, str, str]]
+                  ) -> dict[tuple[str, str, str], str]:
+  """``EXAMPLES_DIR/<dataset>/<config>/<prompt>.jsonl`` per (dataset, config, prompt): the
+  prompt's name with each run of characters other than letters, digits, ``-`` and ``_``
+  as ``_`` (a number is added where two names of one config would meet)."""
+  import re
+
+  paths: dict[tuple[str, str, str], str] = {}
+  for dataset, config, prompt in entries:
+    folder = os.path.join(output_dir, EXAMPLES_DIR, dataset, config)
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", prompt).strip("_") or "prompt"
+    path, n = os.path.join(folder, f"{stem}.jsonl"), 1
+    while path in paths.values():
+      n += 1
+      path = os.path.join(folder, f"{stem}_{n}.jsonl")
+    paths[(dataset, config, prompt)] = path
+  return paths
+
+
+def write_examples(results: Iterable[Any], paths: Mapping[tuple[str, str, str], str]) -> list[str]:
+  """One JSON line per scored example (``EXAMPLE_KEYS``) of each prompt into its path.
+
+  The index is the row's position in its (dataset, config) rows as loaded (first
+  ``max_examples`` rows), so results can be joined back to the data, and the scores are
+  each choice's summed log-probability: what a user needs to see that a change of batch
+  size or mesh does not move a prediction.
+  """
+  written = []
+  for r in results:
+    path = paths[(r.dataset, r.config, r.prompt)]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+      for row in r.rows:
+        f.write(json.dumps({"dataset": r.dataset, "config": r.config, "prompt": r.prompt, **row},
+                           ensure_ascii=False) + "\n")
+    written.append(path)
+  return written
+
+
+def earlier_example_files(output_dir: str) -> list[str]:
+  """The per-example files under ``output_dir`` that an earlier ``xmtf eval`` wrote: jsonl
+  files whose first line has exactly ``EXAMPLE_KEYS`` (anything else there is kept)."""
+  found = []
+  for folder, _, files in os.walk(os.path.join(output_dir, EXAMPLES_DIR)):
+    for name in files:
+      path = os.path.join(folder, name)
+      if not name.endswith(".jsonl"):
+        continue
+      try:
+        with open(path, encoding="utf-8") as f:
+          first = f.readline()
+        ours = not first or tuple(json.loads(first)) == EXAMPLE_KEYS
+      except (OSError, ValueError):
+        ours = False
+      if ours:
+        found.append(path)
+  return sorted(found)
 
 
 def write_reports(summary: Mapping[str, Any], output_dir: str, model_name: str,

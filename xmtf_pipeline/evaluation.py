@@ -101,6 +101,9 @@ class PromptResult:
   truncated_targets: int = 0
   seconds: float = 0.0
   scoring_seconds: float = 0.0  # its share (by examples) of its dataset's scoring wall time
+  # Per scored example: its row index in the (dataset, config) rows, its choices' scores, the
+  # prediction and the label (eval_report.write_examples; not part of results.json).
+  rows: list[dict[str, Any]] = dataclasses.field(default_factory=list, repr=False)
 
 
 def check_vocabulary(vocabulary: Any, config: T5Config) -> None:
@@ -228,10 +231,13 @@ def evaluate_suite(model: models.EncoderDecoderModel, params: Any, vocabulary: A
     ranked = rank_classify_many(scorer, [p[1] for p in group])
     scoring = time.time() - t0
     total = sum(len(p[1]) for p in group)
-    for (prompt, examples, unlabeled, counts, seconds), result in zip(group, ranked):
+    for (prompt, examples, unlabeled, counts, seconds, indices), result in zip(group, ranked):
       share = scoring * len(examples) / total if total else 0.0
       r = PromptResult(dataset, config, prompt, result.accuracy, result.num_examples, unlabeled,
-                       counts.inputs, counts.targets, seconds + share, share)
+                       counts.inputs, counts.targets, seconds + share, share,
+                       [{"index": i, "scores": [float(x) for x in s], "prediction": p, "label": y}
+                        for i, s, p, y in zip(indices, result.scores, result.predictions,
+                                              result.labels)])
       results.append(r)
       if log:
         acc = "n/a" if r.accuracy is None else f"{100 * r.accuracy:.2f}"
@@ -246,9 +252,10 @@ def evaluate_suite(model: models.EncoderDecoderModel, params: Any, vocabulary: A
 
 def _prepare_group(group: Sequence[tuple[str, str, str]], vocabulary: Any, data_dir: str | None,
                    max_examples: int | None, lengths: dict[str, int], truncate_side: str
-                   ) -> list[tuple[str, list[RankExample], int, TruncationCounts, float]]:
+                   ) -> list[tuple[str, list[RankExample], int, TruncationCounts, float, list[int]]]:
   """Per prompt of one (dataset, config): its tokenized examples, unlabeled rows skipped,
-  truncations and the seconds it took (rows are loaded once for the group)."""
+  truncations, the seconds it took (rows are loaded once for the group) and each example's
+  row index."""
   from tasks import heldout
 
   dataset, config = group[0][:2]
@@ -258,16 +265,17 @@ def _prepare_group(group: Sequence[tuple[str, str, str]], vocabulary: Any, data_
     t0 = time.time()
     template = heldout.get_prompt(dataset, prompt)
     counts = TruncationCounts()
-    examples, unlabeled = [], 0
+    examples, unlabeled, indices = [], 0, []
     for i, row in enumerate(rows):
       rendered = heldout.render(template, row, f" ({dataset}/{config} row {i})")
       if rendered is None:
         unlabeled += 1
         continue
+      indices.append(i)
       examples.append(tokenize_example(vocabulary, rendered.inputs, rendered.choices,
                                        rendered.label, lengths["inputs"], lengths["targets"],
                                        truncate_side, counts))
-    prepared.append((prompt, examples, unlabeled, counts, time.time() - t0))
+    prepared.append((prompt, examples, unlabeled, counts, time.time() - t0, indices))
   return prepared
 
 
@@ -344,8 +352,9 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
   check_positive(max_examples, "EVALUATOR_NUM_EXAMPLES", "--max_examples",
                  "; leave it unset for every row")
   entries = heldout.resolve_suite(suite)  # an unknown name fails before the checkpoint loads
-  check_output_dir(output_dir, eval_report.report_paths(output_dir), overwrite,
-                   "EVAL_OUTPUT_DIR")
+  example_files = eval_report.example_paths(output_dir, entries)
+  check_output_dir(output_dir, eval_report.report_paths(output_dir) + list(example_files.values()),
+                   overwrite, "EVAL_OUTPUT_DIR")
   if data_dir != heldout.suite_data_dir(suite, data_dir):
     data_dir = heldout.suite_data_dir(suite, data_dir)
     print(f"Rows: the bundled real rows in {data_dir}", flush=True)
@@ -367,12 +376,15 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
                      "feature_lengths": {**DEFAULT_LENGTHS, **(feature_lengths or {})}}
   name = model_name or os.path.basename(os.path.normpath(checkpoint_path))
   written = eval_report.write_reports(summary, output_dir, name, charts=charts)
-  if overwrite:  # an earlier run's chart of a cluster not scored now would pass for this one's
-    for path in eval_report.report_paths(output_dir):
-      if path not in written and os.path.lexists(path):
+  examples = eval_report.write_examples(results, example_files)
+  if overwrite:  # an earlier run's file for what was not scored now would pass for this one's
+    for path in eval_report.report_paths(output_dir) + eval_report.earlier_example_files(
+        output_dir):
+      if path not in written and path not in examples and os.path.lexists(path):
         os.remove(path)
   print(eval_report.markdown_table(summary))
-  print("Wrote " + ", ".join(os.path.relpath(p, output_dir) for p in written) + f" in {output_dir}")
+  print("Wrote " + ", ".join(os.path.relpath(p, output_dir) for p in written)
+        + f" and {len(examples)} per-example files ({eval_report.EXAMPLES_DIR}/) in {output_dir}")
   return summary
 
 
@@ -413,8 +425,9 @@ The same in T5X form, on a T5X checkpoint:
 
 Written into the output folder: results.json (every prompt's accuracy and the run's settings),
 results.md (the markdown table: median and max over prompts per dataset and config),
-model_index.yaml (the model-index YAML for a Hugging Face model card) and charts/*.png (one
-chart per task cluster); the table is printed too."""
+model_index.yaml (the model-index YAML for a Hugging Face model card), charts/*.png (one
+chart per task cluster) and examples/<dataset>/<config>/<prompt>.jsonl (per scored row: its
+index, each choice's score, the prediction and the label); the table is printed too."""
 
 
 def _eval_plain_flags():
