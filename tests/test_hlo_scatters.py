@@ -68,10 +68,10 @@ def _cuda_lowering(config):
     yield ("cuda",)
 
 
-def _lower(what, model, micro, part, mesh):
+def _lower(what, model, micro, part):
   with _cuda_lowering(model.config) as platforms:
     opt = trainer.optimizer_for(model, Adafactor())
-    state = trainer.abstract_state(model.config, opt, part, mesh)
+    state = trainer.abstract_state(model.config, opt, part)
     if what == "train":
       lr = schedules.create_learning_rate_scheduler("constant", base_learning_rate=1e-3)
       fn = jax.jit(functools.partial(trainer.train_step, model, opt, lr, micro))
@@ -81,20 +81,19 @@ def _lower(what, model, micro, part, mesh):
       fn = jax.jit(functools.partial(trainer.eval_step, model) if what == "eval"
                    else model.score_batch)
       args = (state["target"], _abstract_batch())
-    with mesh, nn.logical_axis_rules(part.rules):
+    with part.mesh, nn.logical_axis_rules(part.rules):
       return fn.trace(*args).lower(lowering_platforms=platforms).as_text()
 
 
 @pytest.fixture(scope="module")
 def lowered():
   """Lowered StableHLO text per (what, ladder row, microbatches), each lowered once."""
-  part = Partitioner()
-  mesh = part.mesh(jax.devices()[:1])
+  part = Partitioner().with_devices(jax.devices()[:1])
   cache = {}
 
   def get(what, name, micro=1):
     if (what, name, micro) not in cache:
-      cache[what, name, micro] = _lower(what, _model(LADDER[name]), micro, part, mesh)
+      cache[what, name, micro] = _lower(what, _model(LADDER[name]), micro, part)
     return cache[what, name, micro]
   return get
 

@@ -48,7 +48,7 @@ def test_meshes_match_one_device_and_rules():
 
 def test_mesh_that_does_not_divide_devices():
   with pytest.raises(PartitioningError, match="Model-parallel size 3 does not divide the 1 dev"):
-    Partitioner(num_partitions=3).mesh()
+    _ = Partitioner(num_partitions=3).mesh
 
 
 def test_rule_naming_unknown_axis():

@@ -10,6 +10,7 @@ as T5X's ``derive_logical_axes``) and of batches (split over ``data``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,22 +32,28 @@ class PartitioningError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Partitioner:
-  """T5X's PjitPartitioner knobs.
+  """T5X's PjitPartitioner: the knobs, the mesh they make, and ``partition`` for any function.
 
   ``num_partitions``: model-parallel size (the ``model`` mesh axis); data takes the
   rest. ``model_parallel_submesh``: a (x, y, z, core) tile instead, whose product
   is the model-parallel size (mutually exclusive). ``parameter_partitioning_dims=2``
   shards parameters and optimizer state over ``data`` as well (fully sharded).
+  ``devices``: the mesh's devices, every visible one by default (``with_devices`` makes
+  a partitioner over fewer, e.g. for ``xmtf plan``).
   """
   num_partitions: int | None = 1
   model_parallel_submesh: tuple[int, int, int, int] | None = None
   activation_partitioning_dims: int = 1
   parameter_partitioning_dims: int = 1
   logical_axis_rules: Sequence[tuple[str, str | None]] | None = None
+  devices: tuple[Any, ...] | None = None
 
   def __post_init__(self):
     if self.num_partitions not in (None, 1) and self.model_parallel_submesh is not None:
       raise PartitioningError("Set num_partitions or model_parallel_submesh, not both (T5X).")
+
+  def with_devices(self, devices: Sequence[Any]) -> Partitioner:
+    return dataclasses.replace(self, devices=tuple(devices))
 
   @property
   def model_parallel_size(self) -> int:
@@ -66,8 +73,10 @@ class Partitioner:
             f"mesh axes are {axes.MESH_AXES}.")
     return rules
 
-  def mesh(self, devices: Sequence[Any] | None = None) -> Mesh:
-    devices = list(jax.devices() if devices is None else devices)
+  @functools.cached_property
+  def mesh(self) -> Mesh:
+    """The (data, model) mesh over ``devices``, made once."""
+    devices = list(jax.devices() if self.devices is None else self.devices)
     n, mp = len(devices), self.model_parallel_size
     if mp <= 0 or n % mp:
       raise PartitioningError(
@@ -79,20 +88,28 @@ class Partitioner:
       grid = np.asarray(devices, dtype=object).reshape(n // mp, mp)
     return Mesh(grid, axes.MESH_AXES)
 
-  def data_parallel_size(self, mesh: Mesh) -> int:
-    return mesh.shape[axes.DATA]
+  @property
+  def data_parallel_size(self) -> int:
+    return self.mesh.shape[axes.DATA]
 
-  def logical_to_sharding(self, mesh: Mesh, logical: PyTree) -> PyTree:
+  def describe(self) -> str:
+    """``mesh data=4 model=2 on 8 devices, 1 process``: what the logs say."""
+    shape = " ".join(f"{name}={size}" for name, size in self.mesh.shape.items())
+    devices, processes = self.mesh.devices.size, jax.process_count()
+    return (f"mesh {shape} on {devices} device{'s' * (devices > 1)}, {processes} "
+            f"process{'es' * (processes > 1)}")
+
+  def logical_to_sharding(self, logical: PyTree) -> PyTree:
     """PartitionSpecs of logical names -> NamedShardings under the rules."""
-    return nn.logical_to_mesh_sharding(logical, mesh, self.rules)
+    return nn.logical_to_mesh_sharding(logical, self.mesh, self.rules)
 
-  def param_shardings(self, mesh: Mesh, boxed_params: PyTree) -> PyTree:
-    return self.logical_to_sharding(mesh, nn.get_partition_spec(boxed_params))
+  def param_shardings(self, boxed_params: PyTree) -> PyTree:
+    return self.logical_to_sharding(nn.get_partition_spec(boxed_params))
 
-  def state_shardings(self, mesh: Mesh, boxed_params: PyTree, opt_state: PyTree) -> dict:
+  def state_shardings(self, boxed_params: PyTree, opt_state: PyTree) -> dict:
     """Shardings of ``{'target', 'state'}`` (T5X's optimizer logical axes)."""
-    param_sh = self.param_shardings(mesh, boxed_params)
-    replicated = NamedSharding(mesh, P())
+    param_sh = self.param_shardings(boxed_params)
+    replicated = self.replicated
 
     def slots(sharding, slot_state):
       return {k: (sharding if k in ("v", "m") and v.shape != (1,) else replicated)
@@ -104,12 +121,17 @@ class Partitioner:
                                       treedef.flatten_up_to(opt_state["param_states"]))])
     return {"target": param_sh, "state": {"step": replicated, "param_states": param_states}}
 
-  def batch_sharding(self, mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(axes.DATA))
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
 
-  def shard_batch(self, mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P(axes.DATA))
+
+  def shard_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """A global batch assembled from this process's rows (each process reads its shard)."""
-    sharding = self.batch_sharding(mesh)
+    sharding = self.batch_sharding
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
             for k, v in local_batch.items()}
 
@@ -120,31 +142,22 @@ class Partitioner:
     """
     return jax.process_index(), jax.process_count()
 
-  def jit_train_step(self, mesh: Mesh, step_fn, state_shardings: PyTree):
-    """``step_fn(state, batch, rng)`` jitted with the state sharded and donated."""
-    from xmtf_pipeline.trainer import TrainState  # the state's pytree type
-    state_sh = TrainState.from_state_dict(state_shardings)
-    replicated = NamedSharding(mesh, P())
-    jitted = jax.jit(step_fn, in_shardings=(state_sh, self.batch_sharding(mesh), replicated),
-                     out_shardings=(state_sh, replicated), donate_argnums=(0,))
-    return self._in_context(mesh, jitted)
+  def partition(self, fn, in_shardings: PyTree, out_shardings: PyTree,
+                static_argnums: int | Sequence[int] = (),
+                donate_argnums: int | Sequence[int] = ()):
+    """``fn`` jitted with these shardings, traced and run under the mesh and the rules (so
+    the network's activation constraints resolve); ``.lower(*args)`` lowers it the same way
+    (``xmtf plan``'s compiled figure)."""
+    jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
+                     static_argnums=static_argnums, donate_argnums=donate_argnums)
+    mesh, rules = self.mesh, self.rules
 
-  def jit_eval_step(self, mesh: Mesh, eval_fn, param_shardings: PyTree):
-    replicated = NamedSharding(mesh, P())
-    jitted = jax.jit(eval_fn, in_shardings=(param_shardings, self.batch_sharding(mesh)),
-                     out_shardings=replicated)
-    return self._in_context(mesh, jitted)
-
-  def _in_context(self, mesh: Mesh, fn):
-    """Runs ``fn`` under the mesh and rules, so activation constraints resolve."""
-    rules = self.rules
-
-    def wrapped(*args):
+    def partitioned(*args):
       with mesh, nn.logical_axis_rules(rules):
-        return fn(*args)
+        return jitted(*args)
 
-    def lower(*args):  # AOT: lower with abstract inputs (xmtf plan's compiled figure)
+    def lower(*args):
       with mesh, nn.logical_axis_rules(rules):
-        return fn.lower(*args)
-    wrapped.lower = lower
-    return wrapped
+        return jitted.lower(*args)
+    partitioned.lower = lower
+    return partitioned

@@ -152,13 +152,12 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
   steps on the live parameters and is stored where ``xmtf select-checkpoint`` reads it.
   """
   partitioner = partitioner or Partitioner()
-  mesh = partitioner.mesh()
   shard_id, num_shards = partitioner.data_layout()
   _check_model_dir(model_dir)
   for cfg in (train_dataset_cfg, train_eval_dataset_cfg):
     if cfg is not None:
       input_pipeline.validate(cfg, num_shards)
-      _check_divisible(cfg, partitioner.data_parallel_size(mesh), num_microbatches)
+      _check_divisible(cfg, partitioner.data_parallel_size, num_microbatches)
   # Before anything in MODEL_DIR is read, renamed or written: one job per MODEL_DIR.
   with run_lock.RunLock(model_dir, jax.process_index() == 0, _agree_across_processes()):
     ckpt = checkpoints.Checkpointer(model_dir, checkpoint_cfg.keep)
@@ -166,7 +165,7 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
       return _train_locked(model, model_dir, train_dataset_cfg, checkpoint_cfg, optimizer,
                            learning_rate_fn, total_steps, train_eval_dataset_cfg, eval_period,
                            eval_steps, random_seed, num_microbatches, log_period, partitioner,
-                           mesh, progress_bar, validation_suite, validation_max_examples,
+                           progress_bar, validation_suite, validation_max_examples,
                            validation_data_dir, ckpt)
     finally:
       ckpt.close()
@@ -182,12 +181,12 @@ def _agree_across_processes():
 
 def _train_locked(model, model_dir, train_dataset_cfg, checkpoint_cfg, optimizer,
                   learning_rate_fn, total_steps, train_eval_dataset_cfg, eval_period, eval_steps,
-                  random_seed, num_microbatches, log_period, partitioner, mesh, progress_bar,
+                  random_seed, num_microbatches, log_period, partitioner, progress_bar,
                   validation_suite, validation_max_examples, validation_data_dir,
                   ckpt) -> TrainResult:
   shard_id, num_shards = partitioner.data_layout()
   state, disk, data_state = _restore_or_init(model, optimizer, ckpt, checkpoint_cfg,
-                                             random_seed, train_dataset_cfg, partitioner, mesh)
+                                             random_seed, train_dataset_cfg, partitioner)
   shardings = disk.shardings
   start_step = int(state.step)
   if jax.process_index() == 0:
@@ -199,12 +198,12 @@ def _train_locked(model, model_dir, train_dataset_cfg, checkpoint_cfg, optimizer
           "(TRAIN_STEPS is absolute and counts restored steps).")
     return TrainResult(start_step, start_step, None, None, {})
   if jax.process_index() == 0:
-    print(_start_line(model, mesh, start_step, total_steps, model_dir, train_dataset_cfg),
+    print(_start_line(model, partitioner, start_step, total_steps, model_dir, train_dataset_cfg),
           flush=True)
 
   rng = jax.random.PRNGKey(data_state["random_seed"])
   step_fn = trainer.jit_train_step(model, optimizer, learning_rate_fn, num_microbatches,
-                                   partitioner, mesh, shardings)
+                                   partitioner, shardings)
   ds = input_pipeline.get_dataset(train_dataset_cfg, data_state["data_seed"], shard_id, num_shards,
                                   skip_batches=data_state["batches"])
   batches = input_pipeline.iterate(
@@ -213,7 +212,7 @@ def _train_locked(model, model_dir, train_dataset_cfg, checkpoint_cfg, optimizer
                      log_period, progress_bar)
   eval_fn = eval_ds = None
   if train_eval_dataset_cfg is not None and eval_period:
-    eval_fn = trainer.jit_eval_step(model, partitioner, mesh, shardings["target"])
+    eval_fn = trainer.jit_eval_step(model, partitioner, shardings["target"])
     eval_ds = train_eval_dataset(train_eval_dataset_cfg, eval_steps, shard_id, num_shards)
   validate = _validation_hook(model, model_dir, train_dataset_cfg, validation_suite,
                               validation_max_examples, validation_data_dir)
@@ -230,7 +229,7 @@ def _train_locked(model, model_dir, train_dataset_cfg, checkpoint_cfg, optimizer
         except StopIteration:
           raise TrainError(f"The training data of {train_dataset_cfg.mixture_or_task_name!r} "
                            f"ran out at step {step}; use num_epochs=None (repeat).") from None
-        state, stats = step_fn(state, partitioner.shard_batch(mesh, batch), rng)
+        state, stats = step_fn(state, partitioner.shard_batch(batch), rng)
         step += 1
         data_state["batches"] += 1
         logger.record(stats)
@@ -240,7 +239,7 @@ def _train_locked(model, model_dir, train_dataset_cfg, checkpoint_cfg, optimizer
           last_loss = metrics["loss"]
         if eval_fn is not None and step % eval_period == 0:
           eval_metrics = run_train_eval(eval_fn, state.params, train_eval_dataset_cfg, eval_ds,
-                                        shard=lambda b: partitioner.shard_batch(mesh, b))
+                                        shard=partitioner.shard_batch)
           logger.write_eval(step, eval_metrics)
         if validate is not None and eval_period and step % eval_period == 0:
           logger.write_validation(step, validate(jax.device_get(state.params), step))
@@ -263,16 +262,13 @@ def _train_locked(model, model_dir, train_dataset_cfg, checkpoint_cfg, optimizer
                      preemption.signal if preempted else None)
 
 
-def _start_line(model, mesh, start_step, total_steps, model_dir, cfg) -> str:
+def _start_line(model, partitioner, start_step, total_steps, model_dir, cfg) -> str:
   c = model.config
   size = f"{params.count(c):,} parameters, "
-  axes = " ".join(f"{name}={size_}" for name, size_ in mesh.shape.items())
-  devices, processes = mesh.devices.size, jax.process_count()
   start = "from scratch" if start_step == 0 else f"from step {start_step}"
   return (f"Training {start} to step {total_steps} on {cfg.mixture_or_task_name!r}: model "
           f"{size}{c.num_encoder_layers}+{c.num_decoder_layers} layers, d_model {c.emb_dim}; "
-          f"mesh {axes} on {devices} device{'s' * (devices > 1)}, {processes} "
-          f"process{'es' * (processes > 1)}; MODEL_DIR {model_dir}")
+          f"{partitioner.describe()}; MODEL_DIR {model_dir}")
 
 
 class _NotSaved(TrainError):
@@ -360,16 +356,14 @@ def _check_divisible(cfg: input_pipeline.DatasetConfig, data_parallel: int,
         f"per data-parallel shard ({data_parallel} shards).")
 
 
-def _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed, train_cfg, partitioner,
-                     mesh):
+def _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed, train_cfg, partitioner):
   """T5X's order: latest in MODEL_DIR, else INITIAL_CHECKPOINT_PATH, else scratch.
 
   Restores land directly in the partitioner's shardings, whatever mesh saved them.
   """
   seed = _seed(random_seed)
-  state, shardings = trainer.init_state(model, optimizer, partitioner, mesh,
-                                        jax.random.PRNGKey(seed))
-  disk = DiskLayout(model, optimizer, partitioner, mesh, shardings)
+  state, shardings = trainer.init_state(model, optimizer, partitioner, jax.random.PRNGKey(seed))
+  disk = DiskLayout(model, optimizer, partitioner, shardings)
   restored = ckpt.restore_latest(disk.target(state.state_dict()))
   if restored is not None:
     step, state_dict, data_state = restored
@@ -404,13 +398,13 @@ class DiskLayout:
   (identities for unscanned models; jitted, sharded re-stacking for scanned ones).
   """
 
-  def __init__(self, model, optimizer, partitioner, mesh, shardings):
+  def __init__(self, model, optimizer, partitioner, shardings):
     self.shardings = shardings
     self.config = model.config.replace(scan_layers=False)
     self._scanned = model.config.scan_layers
     if not self._scanned:
       return
-    self._abstract = trainer.abstract_state(self.config, optimizer, partitioner, mesh)
+    self._abstract = trainer.abstract_state(self.config, optimizer, partitioner)
     disk_shardings = jax.tree_util.tree_map(lambda x: x.sharding, self._abstract)
     self._stack = jax.jit(lambda t: layer_stacking.stack(t, self.config), out_shardings=shardings)
     self._unstack = jax.jit(lambda t: layer_stacking.unstack(t, self.config),

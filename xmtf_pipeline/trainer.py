@@ -144,37 +144,36 @@ def optimizer_for(model: EncoderDecoderModel, optimizer: Adafactor) -> Adafactor
   return optimizer.for_logical_axes(params_lib.logical_axes(model.config))
 
 
-def state_shardings(config, optimizer: Adafactor, partitioner, mesh) -> dict[str, Any]:
+def state_shardings(config, optimizer: Adafactor, partitioner) -> dict[str, Any]:
   """Shardings of the train state dict of ``config`` (no allocation)."""
   return jax.tree_util.tree_map(lambda x: x.sharding,
-                                abstract_state(config, optimizer, partitioner, mesh))
+                                abstract_state(config, optimizer, partitioner))
 
 
-def abstract_state(config, optimizer: Adafactor, partitioner, mesh) -> dict[str, Any]:
+def abstract_state(config, optimizer: Adafactor, partitioner) -> dict[str, Any]:
   """The train state dict as sharded ``ShapeDtypeStruct``s (a restore target)."""
   boxed = params_lib.abstract_variables(config)["params"]
   shapes = {"target": nn.unbox(boxed), "state": jax.eval_shape(optimizer.init, nn.unbox(boxed))}
-  shardings = partitioner.state_shardings(mesh, boxed, shapes["state"])
+  shardings = partitioner.state_shardings(boxed, shapes["state"])
   return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                 shapes, shardings)
 
 
-def init_state(model: EncoderDecoderModel, optimizer: Adafactor, partitioner, mesh,
+def init_state(model: EncoderDecoderModel, optimizer: Adafactor, partitioner,
                rng: jax.Array) -> tuple[TrainState, dict[str, Any]]:
   """The initial train state, created directly in its sharded layout, and its shardings."""
   optimizer = optimizer_for(model, optimizer)
-  shardings = state_shardings(model.config, optimizer, partitioner, mesh)
+  shardings = state_shardings(model.config, optimizer, partitioner)
 
   def create(r):
     return TrainState.create(params_lib.init_params(model.config, r), optimizer).state_dict()
 
-  with mesh, nn.logical_axis_rules(partitioner.rules):
-    state_dict = jax.jit(create, out_shardings=shardings)(rng)
+  state_dict = partitioner.partition(create, partitioner.replicated, shardings)(rng)
   return TrainState.from_state_dict(state_dict), shardings
 
 
 def jit_train_step(model, optimizer, learning_rate_fn, num_microbatches=1, partitioner=None,
-                   mesh=None, state_shardings=None):
+                   state_shardings=None):
   """The jitted step; the state's buffers are donated (updated in place).
 
   With a partitioner, the state and batches follow its shardings (GSPMD).
@@ -183,11 +182,15 @@ def jit_train_step(model, optimizer, learning_rate_fn, num_microbatches=1, parti
   fn = functools.partial(train_step, model, optimizer, learning_rate_fn, num_microbatches)
   if partitioner is None:
     return jax.jit(fn, donate_argnums=(0,))
-  return partitioner.jit_train_step(mesh, fn, state_shardings)
+  state_sh = TrainState.from_state_dict(state_shardings)
+  return partitioner.partition(
+      fn, (state_sh, partitioner.batch_sharding, partitioner.replicated),
+      (state_sh, partitioner.replicated), donate_argnums=(0,))
 
 
-def jit_eval_step(model, partitioner=None, mesh=None, param_shardings=None):
+def jit_eval_step(model, partitioner=None, param_shardings=None):
   fn = functools.partial(eval_step, model)
   if partitioner is None:
     return jax.jit(fn)
-  return partitioner.jit_eval_step(mesh, fn, param_shardings)
+  return partitioner.partition(fn, (param_shardings, partitioner.batch_sharding),
+                               partitioner.replicated)

@@ -38,12 +38,12 @@ def run(partitioner, devices):
   model = models.EncoderDecoderModel(CONFIG, loss_normalizing_factor="AVERAGE_PER_SEQUENCE")
   opt = Adafactor()
   lr = schedules.create_learning_rate_scheduler("constant", base_learning_rate=1e-2)
-  mesh = partitioner.mesh(devices)
-  state, shardings = trainer.init_state(model, opt, partitioner, mesh, jax.random.PRNGKey(0))
-  step = trainer.jit_train_step(model, opt, lr, 1, partitioner, mesh, shardings)
+  partitioner = partitioner.with_devices(devices)
+  state, shardings = trainer.init_state(model, opt, partitioner, jax.random.PRNGKey(0))
+  step = trainer.jit_train_step(model, opt, lr, 1, partitioner, shardings)
   losses = []
   for b in batches(5):
-    state, stats = step(state, partitioner.shard_batch(mesh, b), jax.random.PRNGKey(1))
+    state, stats = step(state, partitioner.shard_batch(b), jax.random.PRNGKey(1))
     losses.append(float(stats["loss"]))
   return losses, state
 

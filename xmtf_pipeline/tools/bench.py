@@ -56,18 +56,17 @@ def bench_ours(cfg, batch: int, len_in: int, len_out: int, steps: int, loss_chun
                                      loss_chunk_length=loss_chunk)
   opt = Adafactor()
   lr = schedules.create_learning_rate_scheduler("constant", base_learning_rate=1e-3)
-  part = Partitioner()
-  mesh = part.mesh(jax.devices()[:1])
-  state, _ = trainer.init_state(model, opt, part, mesh, jax.random.PRNGKey(0))
+  part = Partitioner().with_devices(jax.devices()[:1])
+  state, _ = trainer.init_state(model, opt, part, jax.random.PRNGKey(0))
   host_batch = DATA[data](batch, len_in, len_out, cfg.vocab_size)
-  b = part.shard_batch(mesh, host_batch)
+  b = part.shard_batch(host_batch)
   rng = jax.random.PRNGKey(1)
   # jit_train_step's program on one device, compiled explicitly so the profile can
   # name ops by the compiled HLO.
   fn = jax.jit(functools.partial(trainer.train_step, model, trainer.optimizer_for(model, opt),
                                  lr, 1), donate_argnums=(0,))
   t = time.perf_counter()
-  with mesh, nn.logical_axis_rules(part.rules):
+  with part.mesh, nn.logical_axis_rules(part.rules):
     compiled = fn.lower(state, b, rng).compile()
   compile_s = time.perf_counter() - t
   for _ in range(2):

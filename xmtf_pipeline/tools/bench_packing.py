@@ -288,9 +288,8 @@ def measure_train_steps(model_name: str, rows: Mapping[str, Mapping[str, np.ndar
                                      loss_normalizing_factor="AVERAGE_PER_SEQUENCE")
   opt = Adafactor()
   lr = schedules.create_learning_rate_scheduler("constant", base_learning_rate=1e-3)
-  part = Partitioner()
-  mesh = part.mesh(jax.devices()[:1])
-  state, shardings = trainer.init_state(model, opt, part, mesh, jax.random.PRNGKey(0))
+  part = Partitioner().with_devices(jax.devices()[:1])
+  state, shardings = trainer.init_state(model, opt, part, jax.random.PRNGKey(0))
   rng = jax.random.PRNGKey(1)
   normalizer_fn = jax.jit(lambda b: model.normalizer_and_weights(b)[0])
   runs = {}
@@ -304,8 +303,8 @@ def measure_train_steps(model_name: str, rows: Mapping[str, Mapping[str, np.ndar
     for b in host:
       checks.append((float(normalizer_fn(b)), count_segments(b)))
     runs[name] = {
-        "step": trainer.jit_train_step(model, opt, lr, 1, part, mesh, shardings),
-        "device": [part.shard_batch(mesh, b) for b in host],
+        "step": trainer.jit_train_step(model, opt, lr, 1, part, shardings),
+        "device": [part.shard_batch(b) for b in host],
         "nonpad": [sum(int(np.count_nonzero(b[k])) for k in ROW_KEYS.values()) for b in host],
         "examples": [count_segments(b) for b in host], "checks": checks,
         "time": 0.0, "steps": 0, "tokens": 0, "ex": 0, "rows_repeated": reps > 1}

@@ -96,15 +96,15 @@ def compile_train_step(model, optimizer, learning_rate_fn, partitioner, devices:
   if len(available) < devices:
     raise ValueError(f"{devices} devices needed, {len(available)} present; run through "
                      "compile_in_child(), which starts a process with enough fake devices.")
-  mesh = partitioner.mesh(available[:devices])
-  data = partitioner.data_parallel_size(mesh)
+  partitioner = partitioner.with_devices(available[:devices])
+  data = partitioner.data_parallel_size
   state = trainer.abstract_state(model.config, trainer.optimizer_for(model, optimizer),
-                                 partitioner, mesh)
+                                 partitioner)
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
   step = trainer.jit_train_step(model, optimizer, learning_rate_fn, num_microbatches,
-                                partitioner, mesh, shardings)
+                                partitioner, shardings)
   batch = abstract_batch(per_device_batch * num_microbatches * data, lengths, pack,
-                         partitioner.batch_sharding(mesh))
+                         partitioner.batch_sharding)
   rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32)
   start = time.perf_counter()
   lowered = step.lower(trainer.TrainState.from_state_dict(state), batch, rng)
