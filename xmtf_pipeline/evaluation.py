@@ -119,22 +119,46 @@ def check_vocabulary(vocabulary: Any, config: T5Config) -> None:
         "tasks.vocab.mt5_vocabulary_config.extra_ids.")
 
 
-def load_params(checkpoint_path: str, config: T5Config) -> Any:
+def check_model_parallel(partitioner: Any, config: T5Config) -> None:
+  """The mesh can be made here and its model axis splits the attention heads evenly."""
+  from xmtf_pipeline.partitioning import PartitioningError
+
+  try:
+    mp = partitioner.mesh.shape["model"]
+  except PartitioningError as e:
+    raise EvalError(f"NUM_PARTITIONS: {e}") from None
+  if config.num_heads % mp:
+    raise EvalError(
+        f"NUM_PARTITIONS={mp} does not divide the model's {config.num_heads} attention heads; "
+        f"choose a model-parallel size that divides {config.num_heads} and the device count.")
+
+
+def load_params(checkpoint_path: str, config: T5Config, partitioner: Any = None) -> Any:
   """Parameters of a checkpoint, checked against ``config`` before any data is read.
 
   Accepts an HF MT5 folder, our ``MODEL_DIR`` (newest) or ``MODEL_DIR/checkpoint_N``,
   and native T5X checkpoints (through checkpoint_formats.restore_initial). A checkpoint of
   another size or vocabulary fails naming the first mismatching parameter. Files hold
-  per-layer parameters; a scanned ``config`` gets them stacked.
+  per-layer parameters; a scanned ``config`` gets them stacked. With a ``partitioner``
+  each array is restored straight into its sharding on the partitioner's mesh (a
+  model-parallel weight is never whole on one device).
   """
   from xmtf_pipeline import layer_stacking
 
   disk = config.replace(scan_layers=False)
-  params = _load_per_layer_params(checkpoint_path, disk)
-  return layer_stacking.stack(params, disk) if config.scan_layers else params
+  params = _load_per_layer_params(checkpoint_path, disk, partitioner)
+  if not config.scan_layers:
+    return params
+  if partitioner is None:
+    return layer_stacking.stack(params, disk)
+  shardings = partitioner.param_shardings(params_lib.abstract_variables(config)["params"])
+  return partitioner.partition(lambda p: layer_stacking.stack(p, disk),
+                               partitioner.param_shardings(
+                                   params_lib.abstract_variables(disk)["params"]),
+                               shardings)(params)
 
 
-def _load_per_layer_params(checkpoint_path: str, config: T5Config) -> Any:
+def _load_per_layer_params(checkpoint_path: str, config: T5Config, partitioner: Any) -> Any:
   from xmtf_pipeline import checkpoints
   from xmtf_pipeline.adafactor import Adafactor
   from xmtf_pipeline.interop import checkpoint_formats, hf_import
@@ -144,7 +168,11 @@ def _load_per_layer_params(checkpoint_path: str, config: T5Config) -> Any:
     raise EvalError(f"CHECKPOINT_PATH {checkpoint_path} does not exist.")
   if hf_import.is_hf_dir(checkpoint_path):
     _, flat = hf_import.load(checkpoint_path, config)
-    params = params_lib.unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+    if partitioner is None:
+      params = params_lib.unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+    else:  # from host memory straight to each array's shards
+      params = jax.device_put(params_lib.unflatten(dict(flat)), partitioner.param_shardings(
+          params_lib.abstract_variables(config)["params"]))
     bad = first_nonfinite_param(params)
     if bad is not None:
       from xmtf_pipeline.interop import hf_mapping
@@ -152,14 +180,20 @@ def _load_per_layer_params(checkpoint_path: str, config: T5Config) -> Any:
           f"{checkpoint_path} holds NaN/Inf values (first in {hf_mapping.to_hf_name(bad)[0]}, "
           f"our {bad}): the model diverged or its weights are damaged; use a finite one.")
     return params
-  abstract = jax.eval_shape(lambda: TrainState.create(
-      params_lib.init_params(config, jax.random.PRNGKey(0)), Adafactor()).state_dict())
+  if partitioner is None:
+    abstract = jax.eval_shape(lambda: TrainState.create(
+        params_lib.init_params(config, jax.random.PRNGKey(0)), Adafactor()).state_dict())
+  else:  # sharded ShapeDtypeStructs: orbax and TensorStore read each shard where it lives
+    from xmtf_pipeline import trainer
+    abstract = trainer.abstract_state(config, Adafactor(), partitioner)
   try:
     state = checkpoint_formats.restore_initial(checkpoint_path, config, abstract, params_only=True)
   except params_lib.ParamMismatchError as e:  # restore_initial names the training flag
     raise params_lib.ParamMismatchError(
         str(e).replace("INITIAL_CHECKPOINT_PATH", "CHECKPOINT_PATH")) from None
-  params = jax.tree_util.tree_map(jnp.asarray, state["target"])
+  params = state["target"]
+  if partitioner is None:
+    params = jax.tree_util.tree_map(jnp.asarray, params)
   bad = first_nonfinite_param(params)
   if bad is not None:
     raise _nonfinite_checkpoint_error(checkpoint_path, "target/" + bad)
@@ -340,13 +374,16 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
              feature_lengths: dict[str, int] | None = None, data_dir: str | None = None,
              max_examples: int | None = None, truncate_side: str = "right",
              model_name: str | None = None, charts: bool = True,
-             overwrite: bool = False) -> dict[str, Any]:
+             overwrite: bool = False, partitioner: Any = None) -> dict[str, Any]:
   """The gin-configured body of ``xmtf eval`` (gin/runs/eval.gin); returns the aggregate.
 
   ``overwrite`` (``--overwrite``) lets it replace the reports of an earlier run in
-  ``output_dir``; only the files it writes are touched.
+  ``output_dir``; only the files it writes are touched. ``partitioner`` (as training's,
+  NUM_PARTITIONS): the mesh over every visible device that holds the parameters and
+  scores the batches; default: data parallelism over all devices.
   """
   from tasks import heldout
+  from xmtf_pipeline.partitioning import Partitioner
 
   check_positive(batch_size, "BATCH_SIZE", "--batch_size")
   check_positive(max_examples, "EVALUATOR_NUM_EXAMPLES", "--max_examples",
@@ -359,11 +396,13 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
     data_dir = heldout.suite_data_dir(suite, data_dir)
     print(f"Rows: the bundled real rows in {data_dir}", flush=True)
   check_vocabulary(vocabulary, model.config)
+  partitioner = partitioner or Partitioner()
+  check_model_parallel(partitioner, model.config)
   print(f"Evaluating {checkpoint_path} on {len(entries)} (dataset, config, prompt) entries "
-        f"of {suite!r}; results in {output_dir}", flush=True)
-  params = load_params(checkpoint_path, model.config)
+        f"of {suite!r} on {partitioner.describe()}; results in {output_dir}", flush=True)
+  params = load_params(checkpoint_path, model.config, partitioner)
   t0 = time.time()
-  scorer = RankScorer(model.module, params, batch_size)
+  scorer = RankScorer(model.module, params, batch_size, partitioner=partitioner)
   results = evaluate_suite(model, params, vocabulary, entries, data_dir, max_examples, batch_size,
                            feature_lengths, truncate_side, scorer=scorer)
   summary = eval_report.aggregate(results)

@@ -138,6 +138,20 @@ TRACES = 0  # how many times _choice_scores was traced (compiled), all scorers t
 # static, so all datasets, prompts and checkpoints of one model share its compiled shapes.
 _SCORE_FN = jax.jit(_choice_scores, static_argnums=0)
 _COMPILED: set[tuple[Any, ...]] = set()  # (module, parameter avals, shapes) compiled so far
+_PARTITIONED: dict[tuple[Any, ...], Any] = {}  # (module, mesh, rules) -> partitioned scoring fn
+
+
+def _partitioned_score_fn(module: Transformer, params: Any, partitioner: Any):
+  """``_choice_scores`` on the partitioner's mesh: parameters as they are sharded, prompts
+  and choices split over ``data``, the (B, C) scores gathered; one per (module, mesh)."""
+  key = (module, partitioner.mesh, partitioner.rules)
+  if key not in _PARTITIONED:
+    param_shardings = jax.tree_util.tree_map(lambda x: x.sharding, params)
+    batch = partitioner.batch_sharding
+    _PARTITIONED[key] = partitioner.partition(
+        functools.partial(_choice_scores, module), (param_shardings, batch, batch),
+        partitioner.replicated)
+  return _PARTITIONED[key]
 
 
 def _param_avals(params: Any) -> tuple[Any, ...]:
@@ -166,15 +180,26 @@ class RankScorer:
   """
 
   def __init__(self, module: Transformer, params: Any, batch_size: int = 32,
-               max_batch_tokens: int | None = None):
+               max_batch_tokens: int | None = None, partitioner: Any = None):
     if batch_size < 1:
       raise RankClassificationError(f"batch_size must be >= 1, got {batch_size}.")
     self.module = module
     self.params = params
     self.batch_size = batch_size
     self.max_batch_tokens = max_batch_tokens or batch_size * 512
-    self._fn = functools.partial(_SCORE_FN, module)
-    self._avals = _param_avals(params)
+    # With a partitioner (params sharded on its mesh) each batch is split over its data axis,
+    # so batches are padded to a multiple of the data-parallel size with empty rows, whose
+    # scores are dropped.
+    self._rows_multiple = partitioner.data_parallel_size if partitioner is not None else 1
+    if partitioner is None:
+      self._fn = functools.partial(_SCORE_FN, module)
+      self._lower = functools.partial(_SCORE_FN.lower, module)
+      mesh_key = None
+    else:
+      self._fn = _partitioned_score_fn(module, params, partitioner)
+      self._lower = self._fn.lower
+      mesh_key = (partitioner.mesh, partitioner.rules)
+    self._avals = (_param_avals(params), mesh_key)
     self.examples = 0
     self.seconds = 0.0
     self.compile_seconds = 0.0
@@ -208,6 +233,7 @@ class RankScorer:
     tgt_len = _target_bucket(max(len(c) for ex in batch for c in ex.choices))
     num_choices = max(len(ex.choices) for ex in batch)
     rows = max(self.rows_for(in_len), len(batch))  # one batch size per length bucket
+    rows = -(-rows // self._rows_multiple) * self._rows_multiple
     return (rows, in_len), (rows, num_choices, tgt_len)
 
   def compile(self, example_sets: Sequence[Sequence[RankExample]],
@@ -228,8 +254,8 @@ class RankScorer:
       key = (self.module, self._avals, enc, tgt)
       if key in _COMPILED:
         continue
-      lowered.append((key, _SCORE_FN.lower(
-          self.module, self.params, jax.ShapeDtypeStruct(enc, jnp.int32),
+      lowered.append((key, self._lower(
+          self.params, jax.ShapeDtypeStruct(enc, jnp.int32),
           jax.ShapeDtypeStruct(tgt, jnp.int32))))
     if lowered:
       with concurrent.futures.ThreadPoolExecutor(threads or compile_threads()) as pool:
@@ -260,7 +286,7 @@ class RankScorer:
       for c, choice in enumerate(ex.choices):
         tgt[r, c, :len(choice)] = choice
     _COMPILED.add((self.module, self._avals, enc.shape, tgt.shape))
-    scores = np.asarray(self._fn(self.params, jnp.asarray(enc), jnp.asarray(tgt)))
+    scores = np.asarray(self._fn(self.params, enc, tgt))
     return scores[:len(batch)]
 
 

@@ -1,0 +1,55 @@
+"""xmtf eval on 8 fake CPU devices with NUM_PARTITIONS 1, 2 and 4, the restored parameters'
+shardings, and the bad NUM_PARTITIONS messages; prints JSON after "JSON:".
+
+Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 (set before jax starts);
+argv: the checkpoint, the output root, the suite and the rows per dataset.
+"""
+
+import contextlib
+import io
+import json
+import sys
+
+import jax
+
+from tasks import vocab
+from xmtf_pipeline import cli, evaluation, gin_config
+from xmtf_pipeline.partitioning import Partitioner
+
+
+def _eval(checkpoint, out_dir, suite, rows, *extra):
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    rc = cli.main(["eval", "--checkpoint", checkpoint, "--output_dir", out_dir, "--suite", suite,
+                   "--max_examples", rows, "--batch_size", "4", "--model", "mt5_tiny",
+                   "--spm_model", str(vocab.SAMPLE_SPM), *extra])
+  return rc, err.getvalue()
+
+
+def main():
+  checkpoint, root, suite, rows = sys.argv[1:5]
+  report = {"devices": jax.device_count(), "runs": {}, "bad": {}, "shardings": {}}
+  for mp in (1, 2, 4):
+    rc, err = _eval(checkpoint, f"{root}/mp{mp}", suite, rows, f"--gin.NUM_PARTITIONS={mp}")
+    report["runs"][mp] = {"rc": rc, "stderr": err[-2000:]}
+  for mp in (3, 8):  # 3 does not divide 8 devices; 8 does not divide the tiny model's 4 heads
+    report["bad"][mp] = _eval(checkpoint, f"{root}/bad{mp}", suite, rows,
+                              f"--gin.NUM_PARTITIONS={mp}")
+  # Restored straight into the planned shardings: no whole copy of a model-parallel weight.
+  partitioner = Partitioner(num_partitions=4)
+  config = gin_config.load_model_config("mt5_tiny")
+  params = evaluation.load_params(checkpoint, config, partitioner)
+  from xmtf_pipeline import params as params_lib
+  planned = params_lib.flatten(partitioner.param_shardings(
+      params_lib.abstract_variables(config)["params"]))
+  for name, array in params_lib.flatten(params).items():
+    report["shardings"][name] = {
+        "spec": str(array.sharding.spec), "planned": str(planned[name].spec),
+        "shape": list(array.shape),
+        "shard_shape": list(array.addressable_shards[0].data.shape),
+        "devices": len(array.sharding.device_set)}
+  print("JSON:" + json.dumps(report))
+
+
+if __name__ == "__main__":
+  main()

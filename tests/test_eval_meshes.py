@@ -1,0 +1,90 @@
+"""xmtf eval on the whole mesh (issue 26): 8 fake CPU devices with NUM_PARTITIONS 1, 2 and 4
+give one device's per-prompt accuracies and per-example scores; parameters are restored into
+their planned shardings; a NUM_PARTITIONS that cannot work is one line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from eval_testlib import write_checkpoints
+
+import gin
+from tasks import vocab
+from xmtf_pipeline import cli, gin_config
+
+REPO = Path(__file__).resolve().parent.parent
+SUITE, ROWS = "heldout_bundled", "2"
+
+
+@pytest.fixture(scope="module")
+def meshes(tmp_path_factory):
+  root = tmp_path_factory.mktemp("meshes")
+  write_checkpoints(root / "run", gin_config.load_model_config("mt5_tiny"), steps=(10,))
+  checkpoint = str(root / "run" / "checkpoint_10")
+  # One device: this process (the suite runs on jax's single CPU device).
+  rc = cli.main(["eval", "--checkpoint", checkpoint, "--output_dir", str(root / "one"),
+                 "--suite", SUITE, "--max_examples", ROWS, "--batch_size", "4",
+                 "--model", "mt5_tiny", "--spm_model", str(vocab.SAMPLE_SPM)])
+  gin.clear_config()
+  assert rc == 0
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO),
+             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                       "--xla_force_host_platform_device_count=8".strip())
+  out = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "eval_meshes.py"),
+                        checkpoint, str(root), SUITE, ROWS],
+                       env=env, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return root, out.stdout, json.loads(out.stdout.split("JSON:", 1)[1])
+
+
+def _examples(folder: Path) -> dict:
+  rows = {}
+  for path in sorted((folder / "examples").rglob("*.jsonl")):
+    for line in path.read_text().splitlines():
+      r = json.loads(line)
+      rows[r["dataset"], r["config"], r["prompt"], r["index"]] = r
+  return rows
+
+
+@pytest.mark.parametrize("mp", [1, 2, 4])
+def test_every_mesh_gives_one_devices_results(meshes, mp):
+  root, stdout, report = meshes
+  assert report["devices"] == 8 and report["runs"][str(mp)]["rc"] == 0, report["runs"]
+  assert f"mesh data={8 // mp} model={mp} on 8 devices, 1 process" in stdout
+  one = json.loads((root / "one" / "results.json").read_text())["prompts"]
+  mesh = json.loads((root / f"mp{mp}" / "results.json").read_text())["prompts"]
+  assert [(p["dataset"], p["config"], p["prompt"], p["accuracy"], p["num_examples"])
+          for p in one] == [(p["dataset"], p["config"], p["prompt"], p["accuracy"],
+                             p["num_examples"]) for p in mesh]
+  a, b = _examples(root / "one"), _examples(root / f"mp{mp}")
+  assert a.keys() == b.keys() and len(a) == sum(p["num_examples"] for p in one) > 0
+  for key in a:
+    assert a[key]["prediction"] == b[key]["prediction"], key
+    # Sums of about -85 over tokens, reduced in another order per mesh: float32's spacing there
+    # is 7.6e-6, so the bound is relative (measured: at most 2 ulps, 1.8e-7).
+    np.testing.assert_allclose(a[key]["scores"], b[key]["scores"], rtol=1e-6, atol=1e-5)
+
+
+def test_parameters_are_restored_into_their_planned_shardings(meshes):
+  _, _, report = meshes
+  shardings = report["shardings"]
+  assert all(s["spec"] == s["planned"] for s in shardings.values()), shardings
+  split = {n: s for n, s in shardings.items() if "'model'" in s["planned"]}
+  assert split, "the tiny model has model-parallel weights"
+  for name, s in split.items():  # each device holds its slice, never the whole weight
+    assert s["shard_shape"] != s["shape"] and np.prod(s["shard_shape"]) * 4 == np.prod(
+        s["shape"]), (name, s)
+
+
+@pytest.mark.parametrize("mp,wanted", [
+    (3, "NUM_PARTITIONS: Model-parallel size 3 does not divide the 8 devices"),
+    (8, "NUM_PARTITIONS=8 does not divide the model's 4 attention heads")])
+def test_a_num_partitions_that_cannot_work_is_one_line(meshes, mp, wanted):
+  _, _, report = meshes
+  rc, err = report["bad"][str(mp)]
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert rc == 2 and len(lines) == 1 and wanted in lines[0], err
