@@ -2,6 +2,7 @@
 give one device's per-prompt accuracies and per-example scores; parameters are restored into
 their planned shardings; a NUM_PARTITIONS that cannot work is one line."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +18,13 @@ from tasks import vocab
 from xmtf_pipeline import cli, gin_config
 
 REPO = Path(__file__).resolve().parent.parent
+_SPEC = importlib.util.spec_from_file_location("eval_meshes", REPO / "tests/scripts/eval_meshes.py")
+eval_meshes = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(eval_meshes)  # the child's own xmtf infer call, run here on one device
 SUITE, ROWS = "heldout_bundled", "2"
+PROMPTS = ["Translate to French: the cat sleeps.", "Is this review positive? Great food.",
+           "Question: what colour is the sky? Answer:", "Summarize: rain fell all day.",
+           "Premise: he ran. Hypothesis: he moved. Entailment?"]
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +38,17 @@ def meshes(tmp_path_factory):
                  "--model", "mt5_tiny", "--spm_model", str(vocab.SAMPLE_SPM)])
   gin.clear_config()
   assert rc == 0
+  prompts = root / "prompts.jsonl"
+  prompts.write_text("".join(json.dumps({"inputs": text}) + "\n" for text in PROMPTS))
+  for decoding in ("greedy", "beam"):
+    assert eval_meshes.infer(checkpoint, str(root / f"{decoding}-one"), str(prompts),
+                             decoding)[0] == 0
+    gin.clear_config()
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO),
              XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
                        "--xla_force_host_platform_device_count=8".strip())
   out = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "eval_meshes.py"),
-                        checkpoint, str(root), SUITE, ROWS],
+                        checkpoint, str(root), SUITE, ROWS, str(prompts)],
                        env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   return root, out.stdout, json.loads(out.stdout.split("JSON:", 1)[1])
@@ -88,3 +101,20 @@ def test_a_num_partitions_that_cannot_work_is_one_line(meshes, mp, wanted):
   rc, err = report["bad"][str(mp)]
   lines = [line for line in err.splitlines() if line.strip()]
   assert rc == 2 and len(lines) == 1 and wanted in lines[0], err
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "beam"])
+@pytest.mark.parametrize("mp", [1, 2, 4])
+def test_infer_decodes_the_same_tokens_on_every_mesh(meshes, decoding, mp):
+  root, _, report = meshes
+  assert report["runs"][f"{decoding}{mp}"][0] == 0, report["runs"][f"{decoding}{mp}"]
+
+  def rows(folder):
+    return [json.loads(line) for line in
+            (root / folder / "prompts-predict.jsonl-00000-of-00001").read_text().splitlines()]
+  one, mesh = rows(f"{decoding}-one"), rows(f"{decoding}{mp}")
+  assert len(one) == len(PROMPTS) and any(r["prediction"] for r in one)
+  assert [r["prediction"] for r in one] == [r["prediction"] for r in mesh]
+  if decoding == "beam":
+    np.testing.assert_allclose([r["aux"]["score"] for r in one],
+                               [r["aux"]["score"] for r in mesh], rtol=1e-5)

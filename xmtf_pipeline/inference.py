@@ -25,7 +25,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from xmtf_pipeline import checkpoint_contents, decoding, evaluation, models
@@ -109,11 +108,11 @@ def _batches(n: int, batch_size: int) -> Iterator[list[int]]:
     yield list(range(start, min(start + batch_size, n)))
 
 
-def _pad(rows: Sequence[Sequence[int]], batch_size: int, length: int) -> jax.Array:
+def _pad(rows: Sequence[Sequence[int]], batch_size: int, length: int) -> np.ndarray:
   out = np.zeros((batch_size, length), np.int32)
   for i, r in enumerate(rows):
     out[i, :len(r)] = r
-  return jnp.asarray(out)
+  return out
 
 
 def _trim(ids: Sequence[int]) -> list[int]:
@@ -126,7 +125,8 @@ class Predictor:
 
   def __init__(self, model: models.EncoderDecoderModel, params: Any, max_length: int,
                decoding_method: str = "greedy", beam_size: int = 4, alpha: float = 0.6,
-               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0):
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+               partitioner: Any = None):
     if decoding_method not in DECODINGS:
       raise InferError(f"DECODING must be one of {DECODINGS}, got {decoding_method!r}.")
     if decoding_method == "sample":
@@ -140,22 +140,43 @@ class Predictor:
     self.method, self.beam_size, self.alpha = decoding_method, beam_size, alpha
     self.sampling = (temperature, top_k, top_p)
     self.rng = jax.random.PRNGKey(seed)
-    self._greedy = jax.jit(decoding.greedy_decode, static_argnums=(0, 3))
-    self._beam = jax.jit(decoding.beam_search, static_argnums=(0, 3, 4, 5))
-    self._sample = jax.jit(decoding.sample_decode, static_argnums=(0, 3))
+    self.partitioner = partitioner
+    # Batches are split over the mesh's data axis: padded to a multiple of its size.
+    self.rows_multiple = partitioner.data_parallel_size if partitioner is not None else 1
+    self._decode = None  # made on the first batch, when the parameters (and shardings) are set
 
-  def __call__(self, enc: jax.Array) -> tuple[np.ndarray, np.ndarray | None]:
-    """(tokens (batch, max_length), aux score per row or None)."""
+  def _decoder(self):
+    """``decode(params, enc, key)`` for the method, jitted (partitioned with a partitioner)."""
+    module, length = self.module, self.max_length
     if self.method == "greedy":
-      return np.asarray(self._greedy(self.module, self.params, enc, self.max_length)), None
-    if self.method == "beam":
-      tokens, scores = self._beam(self.module, self.params, enc, self.max_length, self.beam_size,
-                                  self.alpha)
-      return np.asarray(tokens[:, 0]), np.asarray(scores[:, 0])
+      def decode(params, enc, key):
+        del key
+        return decoding.greedy_decode(module, params, enc, length), None
+    elif self.method == "beam":
+      def decode(params, enc, key):
+        del key
+        tokens, scores = decoding.beam_search(module, params, enc, length, self.beam_size,
+                                              self.alpha)
+        return tokens[:, 0], scores[:, 0]
+    else:
+      temperature, top_k, top_p = self.sampling
+
+      def decode(params, enc, key):
+        return decoding.sample_decode(module, params, enc, length, key, temperature, top_k,
+                                      top_p)
+    if self.partitioner is None:
+      return jax.jit(decode)
+    p = self.partitioner
+    return p.partition(decode, (jax.tree_util.tree_map(lambda x: x.sharding, self.params),
+                                p.batch_sharding, p.replicated), p.replicated)
+
+  def __call__(self, enc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(tokens (batch, max_length), aux score per row or None)."""
+    if self._decode is None:
+      self._decode = self._decoder()
     self.rng, key = jax.random.split(self.rng)
-    tokens, logp = self._sample(self.module, self.params, enc, self.max_length, key,
-                                *self.sampling)
-    return np.asarray(tokens), np.asarray(logp)
+    tokens, aux = self._decode(self.params, enc, key)
+    return np.asarray(tokens), None if aux is None else np.asarray(aux)
 
 
 def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir: str,
@@ -167,12 +188,16 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
           max_examples: int | None = None, inputs_add_eos: bool = True,
           truncate_side: str = "right", params: Any = None,
-          metrics: Sequence[str] = (), overwrite: bool = False) -> str:
+          metrics: Sequence[str] = (), overwrite: bool = False, partitioner: Any = None) -> str:
   """The gin-configured body of ``xmtf infer``; returns the written file's path.
 
   ``overwrite`` (``--overwrite``) lets it replace the outputs of an earlier run with the same
-  input and mode; without it, those are refused before any work.
+  input and mode; without it, those are refused before any work. ``partitioner`` (as
+  training's, NUM_PARTITIONS): the mesh over every visible device that holds the parameters
+  and decodes or scores the batches. ``params`` (already loaded) are used as they are.
   """
+  from xmtf_pipeline.partitioning import Partitioner
+
   evaluation.check_positive(batch_size, "BATCH_SIZE", "--batch_size", error=InferError)
   evaluation.check_positive(max_examples, "INFER_NUM_EXAMPLES", "--max_examples",
                             "; leave it unset for every row", error=InferError)
@@ -198,6 +223,12 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
     if mode == "score" and any("targets_ids" not in r for r in rows):
       raise InferError(f"Task {task_name!r} has no 'targets' feature to score.")
   evaluation.check_vocabulary(vocab, model.config)
+  if params is None:
+    partitioner = partitioner or Partitioner()
+    evaluation.check_model_parallel(partitioner, model.config)
+    print(f"Inference on {partitioner.describe()}", flush=True)
+  else:
+    partitioner = None
   predictor = None
   if metrics:
     from xmtf_pipeline import generation_metrics
@@ -206,9 +237,9 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
     generation_metrics.compute(metrics, ["x"], ["x"])  # unknown names fail before any work
   if mode == "predict":  # validate decoding settings before loading the checkpoint
     predictor = Predictor(model, None, lengths["targets"], decoding_method, beam_size, alpha,
-                          temperature, top_k, top_p, seed)
+                          temperature, top_k, top_p, seed, partitioner)
   if params is None:
-    params = evaluation.load_params(checkpoint_path, model.config)
+    params = evaluation.load_params(checkpoint_path, model.config, partitioner)
   counts = rc.TruncationCounts()
   t0 = time.time()
   if mode == "predict":
@@ -217,7 +248,7 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
                        counts)
   else:
     outputs = _score(model, params, rows, vocab, lengths, batch_size, inputs_add_eos,
-                     truncate_side, counts)
+                     truncate_side, counts, partitioner)
   with open(path, "w", encoding="utf-8") as f:
     for out in outputs:
       f.write(json.dumps(out, ensure_ascii=False) + "\n")
@@ -246,7 +277,8 @@ def _predict(predictor: Predictor, rows, vocab, lengths, batch_size, add_eos, si
   ids = [_input_ids(r, vocab, lengths, add_eos, side, counts) for r in rows]
   for idx in _batches(len(rows), batch_size):
     length = min(_bucket(max(len(ids[i]) for i in idx)), max(lengths["inputs"], 1))
-    tokens, aux = predictor(_pad([ids[i] for i in idx], batch_size, length))
+    rows_padded = -(-batch_size // predictor.rows_multiple) * predictor.rows_multiple
+    tokens, aux = predictor(_pad([ids[i] for i in idx], rows_padded, length))
     for j, i in enumerate(idx):
       out = {"inputs": rows[i]["inputs"], "prediction": vocab.decode(_trim(tokens[j]))}
       if "targets" in rows[i]:
@@ -258,7 +290,7 @@ def _predict(predictor: Predictor, rows, vocab, lengths, batch_size, add_eos, si
 
 
 def _score(model, params, rows, vocab, lengths, batch_size, add_eos, side,
-           counts) -> list[dict[str, Any]]:
+           counts, partitioner=None) -> list[dict[str, Any]]:
   examples = []
   for r in rows:
     inputs = _input_ids(r, vocab, lengths, add_eos, side, counts)
@@ -275,7 +307,7 @@ def _score(model, params, rows, vocab, lengths, batch_size, add_eos, side,
           t = t[:lengths["targets"] - 1]
         choices.append(np.asarray(t + [decoding.EOS_ID], np.int32))
     examples.append(rc.RankExample(np.asarray(inputs, np.int32), choices))
-  scores = rc.RankScorer(model.module, params, batch_size).score(examples)
+  scores = rc.RankScorer(model.module, params, batch_size, partitioner=partitioner).score(examples)
   outputs = []
   for r, s in zip(rows, scores):
     out = {"inputs": r["inputs"]}

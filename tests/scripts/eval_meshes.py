@@ -2,7 +2,8 @@
 shardings, and the bad NUM_PARTITIONS messages; prints JSON after "JSON:".
 
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 (set before jax starts);
-argv: the checkpoint, the output root, the suite and the rows per dataset.
+argv: the checkpoint, the output root, the suite, the rows per dataset and a prompts file for
+xmtf infer (greedy and beam search on each mesh).
 """
 
 import contextlib
@@ -26,12 +27,26 @@ def _eval(checkpoint, out_dir, suite, rows, *extra):
   return rc, err.getvalue()
 
 
+def infer(checkpoint, out_dir, prompts, decoding, *extra):
+  """xmtf infer (predict) of the prompts file; (rc, stderr)."""
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    rc = cli.main(["infer", "--checkpoint", checkpoint, "--output_dir", out_dir, "--input_file",
+                   prompts, "--decoding", decoding, "--batch_size", "3", "--model", "mt5_tiny",
+                   "--spm_model", str(vocab.SAMPLE_SPM),
+                   "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", *extra])
+  return rc, err.getvalue()
+
+
 def main():
-  checkpoint, root, suite, rows = sys.argv[1:5]
+  checkpoint, root, suite, rows, prompts = sys.argv[1:6]
   report = {"devices": jax.device_count(), "runs": {}, "bad": {}, "shardings": {}}
   for mp in (1, 2, 4):
     rc, err = _eval(checkpoint, f"{root}/mp{mp}", suite, rows, f"--gin.NUM_PARTITIONS={mp}")
     report["runs"][mp] = {"rc": rc, "stderr": err[-2000:]}
+    for decoding in ("greedy", "beam"):
+      report["runs"][f"{decoding}{mp}"] = infer(checkpoint, f"{root}/{decoding}{mp}", prompts,
+                                                decoding, f"--gin.NUM_PARTITIONS={mp}")
   for mp in (3, 8):  # 3 does not divide 8 devices; 8 does not divide the tiny model's 4 heads
     report["bad"][mp] = _eval(checkpoint, f"{root}/bad{mp}", suite, rows,
                               f"--gin.NUM_PARTITIONS={mp}")
