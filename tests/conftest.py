@@ -60,6 +60,12 @@ SLOW = (
     "test_run_safety.py::test_a_data_error_mid_run_saves_first_and_the_printed_fix_runs",
     "test_run_safety.py::test_a_full_disk_while_saving_is_one_line_naming_the_last_checkpoint",
     "test_run_safety.py::test_a_second_trainer_on_the_same_model_dir_refuses_before_writing",
+    # One module fixture (45 s: the 8-device child) serves these; the two-process run adds 15 s.
+    "test_eval_meshes.py::test_every_mesh_gives_one_devices_results",
+    "test_eval_meshes.py::test_parameters_are_restored_into_their_planned_shardings",
+    "test_eval_meshes.py::test_a_num_partitions_that_cannot_work_is_one_line",
+    "test_eval_meshes.py::test_infer_decodes_the_same_tokens_on_every_mesh",
+    "test_eval_meshes.py::test_two_processes_of_four_devices_give_one_devices_results",
 )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from xmtf_pipeline import checkpoint_contents, eval_report, models
 from xmtf_pipeline import params as params_lib
@@ -117,6 +118,25 @@ def check_vocabulary(vocabulary: Any, config: T5Config) -> None:
         "embeddings: not this checkpoint's vocabulary, or too many extra ids. Point --spm_model "
         "(tasks.vocab.mt5_vocabulary_config.path) at the model's SentencePiece file, or set "
         "tasks.vocab.mt5_vocabulary_config.extra_ids.")
+
+
+def _agreed(check: Callable[[], None]) -> None:
+  """Runs ``check`` (process 0's refusal, e.g. of its output folder) and lets every process
+  stop with it, instead of the others waiting in the first collective until a timeout."""
+  if jax.process_count() == 1:
+    check()
+    return
+  from jax.experimental import multihost_utils
+  error = None
+  try:
+    check()
+  except EvalError as e:
+    error = e
+  ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+  if error is not None:
+    raise error
+  if not ok:
+    raise EvalError("Process 0 refused to start (its log says why); nothing was scored.")
 
 
 def check_model_parallel(partitioner: Any, config: T5Config) -> None:
@@ -336,7 +356,6 @@ def seqio_score_fn(model: models.EncoderDecoderModel, params: Any, batch_size: i
   the held-out tasks' ``rank_accuracy`` metric this is rank classification row by row
   (one encoder pass per (prompt, choice) row, unlike ``evaluate_suite``).
   """
-  import numpy as np
 
   fn = jax.jit(model.score_batch)
   keys = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
@@ -390,8 +409,10 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
                  "; leave it unset for every row")
   entries = heldout.resolve_suite(suite)  # an unknown name fails before the checkpoint loads
   example_files = eval_report.example_paths(output_dir, entries)
-  check_output_dir(output_dir, eval_report.report_paths(output_dir) + list(example_files.values()),
-                   overwrite, "EVAL_OUTPUT_DIR")
+  writer = jax.process_index() == 0  # process 0 writes; every process scores its share
+  _agreed(lambda: check_output_dir(
+      output_dir, eval_report.report_paths(output_dir) + list(example_files.values()), overwrite,
+      "EVAL_OUTPUT_DIR") if writer else None)
   if data_dir != heldout.suite_data_dir(suite, data_dir):
     data_dir = heldout.suite_data_dir(suite, data_dir)
     print(f"Rows: the bundled real rows in {data_dir}", flush=True)
@@ -413,6 +434,8 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
                      "data_dir": data_dir,
                      "max_examples": max_examples, "truncate_side": truncate_side,
                      "feature_lengths": {**DEFAULT_LENGTHS, **(feature_lengths or {})}}
+  if not writer:
+    return summary
   name = model_name or os.path.basename(os.path.normpath(checkpoint_path))
   written = eval_report.write_reports(summary, output_dir, name, charts=charts)
   examples = eval_report.write_examples(results, example_files)
@@ -503,8 +526,9 @@ def main(argv: list[str] | None = None, prog: str = "xmtf eval",
          plain: Sequence[Any] | None = None, run_gin: str = "runs/eval.gin") -> int:
   """T5X-style flags (as ``xmtf train``): --gin_file, --gin_bindings, --gin.NAME=VALUE, plus
   plain flags (``plain``, default eval's) that each append one gin binding."""
-  from xmtf_pipeline import checkpoints, flags, gin_config
+  from xmtf_pipeline import checkpoints, distributed, flags, gin_config
   from xmtf_pipeline.interop import hf_import
+  from xmtf_pipeline.partitioning import PartitioningError
 
   argv = list(sys.argv[1:] if argv is None else argv)
   plain = _eval_plain_flags() if plain is None else plain
@@ -527,8 +551,11 @@ def main(argv: list[str] | None = None, prog: str = "xmtf eval",
   errors = (gin_config.GinConfigError, EvalError, checkpoint_contents.CheckpointContentsError,
             HeldOutError, RankClassificationError,
             checkpoints.CheckpointError, hf_import.HFImportError, params_lib.ParamMismatchError,
-            FileNotFoundError, ValueError)
+            distributed.DistributedError, PartitioningError, FileNotFoundError, ValueError)
   try:
+    if args.multiprocess_gpu:  # T5X's flags, as xmtf train: each process scores its share
+      distributed.initialize(args.coordinator_address, args.process_count, args.process_index,
+                             args.distributed_timeout_s)
     flags.configure_data(args)
     gin_files = list(args.gin_file)
     if args.model:

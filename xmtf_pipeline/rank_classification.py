@@ -191,6 +191,7 @@ class RankScorer:
     # so batches are padded to a multiple of the data-parallel size with empty rows, whose
     # scores are dropped.
     self._rows_multiple = partitioner.data_parallel_size if partitioner is not None else 1
+    self._partitioner = partitioner
     if partitioner is None:
       self._fn = functools.partial(_SCORE_FN, module)
       self._lower = functools.partial(_SCORE_FN.lower, module)
@@ -286,7 +287,15 @@ class RankScorer:
       for c, choice in enumerate(ex.choices):
         tgt[r, c, :len(choice)] = choice
     _COMPILED.add((self.module, self._avals, enc.shape, tgt.shape))
-    scores = np.asarray(self._fn(self.params, enc, tgt))
+    if self._partitioner is not None and jax.process_count() > 1:
+      # Every process plans the same batches; each feeds the rows of its own devices, and the
+      # scores come back replicated to all.
+      part, count = self._partitioner, jax.process_count()
+      share = slice(jax.process_index() * rows // count, (jax.process_index() + 1) * rows // count)
+      local = part.shard_batch({"enc": enc[share], "tgt": tgt[share]})
+      scores = np.asarray(self._fn(self.params, local["enc"], local["tgt"]).addressable_data(0))
+    else:
+      scores = np.asarray(self._fn(self.params, enc, tgt))
     return scores[:len(batch)]
 
 

@@ -160,16 +160,37 @@ def restore_initial(path: str, config: T5Config, target: Any, params_only: bool 
   params_lib.check_params(shapes, config, source=f"INITIAL_CHECKPOINT_PATH {path}")
   saved_state = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
                                        dict(tree["state"]), is_leaf=lambda m: hasattr(m, "shape"))
-  if params_only:
-    target = {"target": target["target"], "state": saved_state}
-  else:
+  if not params_only:
     _check_optimizer_state(saved_state, target["state"], step_dir)
   try:
+    if params_only:
+      return _restore_params_and_step(step_dir, target["target"], saved_state)
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))
   except Exception as e:  # the metadata read, an array did not: truncated or damaged files
     raise damaged(step_dir, e) from None
   return restored["state"]
+
+
+def _restore_params_and_step(step_dir: str, params_target: Any, saved_state: Any) -> dict:
+  """``{'target': params, 'state': {'step'}}`` of our checkpoint, nothing else read: the
+  optimizer slots stay on disk (a momentum slot is as big as the model), the parameters land in
+  ``params_target``'s shardings and the step is replicated on their mesh (every process of a
+  multi-process job reads it)."""
+  leaf = jax.tree_util.tree_leaves(params_target)[0]
+  sharding = getattr(leaf, "sharding", None)
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  step = saved_state["step"]
+  item = {"target": params_target,
+          "state": {"step": jax.ShapeDtypeStruct(step.shape, step.dtype, sharding=sharding)}}
+  one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # no target sharding
+  restore_args = jax.tree_util.tree_map(
+      lambda x: ocp.ArrayRestoreArgs(sharding=getattr(x, "sharding", None) or one_device,
+                                     global_shape=x.shape, dtype=x.dtype), item)
+  return ocp.PyTreeCheckpointer().restore(
+      os.path.join(step_dir, "state"),
+      args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
 
 
 def _check_optimizer_state(saved: Any, want: Any, source: str) -> None:
