@@ -156,3 +156,34 @@ def test_plan_cli_on_the_mt0_large_recipe(capsys):
   out = capsys.readouterr().out
   assert "mesh {'data': 32, 'model': 1} on 32 devices; 16 examples per device" in out
   assert "parameters (f32)" in out and "4.58 GiB" in out
+
+
+def test_plan_eval_compiles_the_scoring_step_with_the_parameters_sharded(capsys):
+  """xmtf plan --job eval: the compiled argument is the planned parameter shards plus the batch."""
+  plan = planner.plan_eval_from_gin(["mt0/mt0_small_xp3.gin"], ["NUM_PARTITIONS = 2"], 4,
+                                    "a100-40g", {"batch": 8, "inputs": 64, "targets": 8,
+                                                 "choices": 3}, compile="on")
+  assert plan.mesh == {"data": 2, "model": 2} and plan.shape["batch"] == 8
+  batch_bytes = 4 * 8 * (64 + 3 * 8)  # int32 prompts and choices, whole (their shards sum up)
+  assert 0 <= plan.compiled.argument_bytes - plan.param_bytes <= batch_bytes
+  assert "fits by the compiled figure" in plan.table()
+
+
+def test_plan_eval_of_mt0_xxl_on_one_chip_does_not_fit(capsys):
+  assert planner.main(["--job", "eval", "--gin_file=mt0/mt0_xxl_xp3.gin", "--devices", "1",
+                       "--chip", "tpu-v4", "--gin.NUM_PARTITIONS=1", "--compile=off"]) == 0
+  out = capsys.readouterr().out
+  assert "parameters (f32, as restored)" in out and "48.13 GiB" in out
+  assert "does NOT fit by the formula" in out
+
+
+@pytest.mark.parametrize("flags,wanted", [
+    (["--eval_shape=32,512"], "--eval_shape=32,512: give four positive integers"),
+    (["--devices", "8", "--gin.NUM_PARTITIONS=3"], "num_partitions=3 does not divide 8 devices"),
+])
+def test_plan_eval_bad_input_is_one_line(flags, wanted, capsys):
+  argv = ["--job", "eval", "--gin_file=mt0/mt0_small_xp3.gin", "--compile=off", *flags]
+  argv += [] if "--devices" in flags else ["--devices", "8"]
+  assert planner.main(argv) == 2
+  out = capsys.readouterr().out.strip()
+  assert len(out.splitlines()) == 1 and wanted in out, out

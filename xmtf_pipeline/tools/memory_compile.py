@@ -117,6 +117,40 @@ def compile_train_step(model, optimizer, learning_rate_fn, partitioner, devices:
                         round(seconds, 1), bool(model.config.scan_layers))
 
 
+def compile_eval_step(model, partitioner, devices: int, per_device_batch: int,
+                      eval_shape: dict[str, int]) -> CompiledMemory:
+  """Compiles xmtf eval's scoring step (rank classification: ``per_device_batch`` prompts of
+  ``eval_shape['inputs']`` tokens, each with ``choices`` answers of ``targets`` tokens) on
+  ``devices`` local devices, the parameters sharded as eval restores them; reads its memory."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from xmtf_pipeline import params as params_lib
+  from xmtf_pipeline import rank_classification
+  available = jax.devices()
+  if len(available) < devices:
+    raise ValueError(f"{devices} devices needed, {len(available)} present; run through "
+                     "compile_in_child(), which starts a process with enough fake devices.")
+  partitioner = partitioner.with_devices(available[:devices])
+  boxed = params_lib.abstract_variables(model.config)["params"]
+  shardings = partitioner.param_shardings(boxed)
+  params = jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings)
+  rows = per_device_batch * partitioner.data_parallel_size
+  enc = jax.ShapeDtypeStruct((rows, eval_shape["inputs"]), jnp.int32)
+  tgt = jax.ShapeDtypeStruct((rows, eval_shape["choices"], eval_shape["targets"]), jnp.int32)
+  start = time.perf_counter()
+  fn = rank_classification._partitioned_score_fn(model.module, params, partitioner)
+  compiled = fn.lower(params, enc, tgt).compile(COMPILER_OPTIONS)
+  seconds = time.perf_counter() - start
+  m = compiled.memory_analysis()
+  return CompiledMemory(int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
+                        int(m.alias_size_in_bytes), int(m.temp_size_in_bytes),
+                        int(m.generated_code_size_in_bytes), devices, jax.default_backend(),
+                        round(seconds, 1), bool(model.config.scan_layers))
+
+
 def with_scanned_layers(model):
   """The same model with its layers in one ``nn.scan`` (same math; XLA compiles one layer)."""
   import copy
@@ -143,17 +177,23 @@ def run_objects():
               pack=bool(gin_config.evaluate("%PACK")))
 
 
-def compile_run(run: dict, devices: int, scan_layers: bool = False) -> CompiledMemory:
-  """``run_objects()``'s train step compiled for ``devices`` devices in this process."""
+def compile_run(run: dict, devices: int, scan_layers: bool = False,
+                eval_shape: dict[str, int] | None = None) -> CompiledMemory:
+  """``run_objects()``'s train step (or, with ``eval_shape``, eval's scoring step) compiled
+  for ``devices`` devices in this process."""
   data = devices // run["partitioner"].model_parallel_size
   model = with_scanned_layers(run["model"]) if scan_layers else run["model"]
+  if eval_shape is not None:
+    return compile_eval_step(model, run["partitioner"], devices, eval_shape["batch"] // data,
+                             eval_shape)
   return compile_train_step(model, run["optimizer"], run["learning_rate_fn"], run["partitioner"],
                             devices, run["batch_size"] // data // run["num_microbatches"],
                             run["lengths"], run["num_microbatches"], run["pack"])
 
 
 def compile_in_child(gin_files, bindings, devices: int, scan_layers: bool = False,
-                     timeout: float | None = None) -> CompiledMemory:
+                     timeout: float | None = None,
+                     eval_shape: dict[str, int] | None = None) -> CompiledMemory:
   """The compile in a fresh process with ``devices`` fake CPU devices (XLA_FLAGS is read
   once, when jax starts)."""
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for `import tasks`
@@ -164,6 +204,7 @@ def compile_in_child(gin_files, bindings, devices: int, scan_layers: bool = Fals
   cmd = [sys.executable, "-m", "xmtf_pipeline.tools.memory_compile", f"--devices={devices}"]
   cmd += [f"--gin_file={f}" for f in gin_files] + [f"--gin_bindings={b}" for b in bindings]
   cmd += ["--scan_layers"] if scan_layers else []
+  cmd += [f"--eval_shape={json.dumps(eval_shape)}"] if eval_shape else []
   try:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
   except subprocess.TimeoutExpired:
@@ -186,10 +227,13 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--gin_bindings", action="append", default=[])
   p.add_argument("--devices", type=int, required=True)
   p.add_argument("--scan_layers", action="store_true")
+  p.add_argument("--eval_shape", type=json.loads, default=None,
+                 help="JSON {batch, inputs, targets, choices}: compile eval's scoring step")
   args = p.parse_args(gin_config.rewrite_gin_args(argv if argv is not None else sys.argv[1:]))
   gin_config.parse(args.gin_file, ["MODEL_DIR = '/tmp/plan'", *args.gin_bindings],
                    finalize=False)
-  print(compile_run(run_objects(), args.devices, args.scan_layers).to_json(), flush=True)
+  print(compile_run(run_objects(), args.devices, args.scan_layers, args.eval_shape).to_json(),
+        flush=True)
   return 0
 
 

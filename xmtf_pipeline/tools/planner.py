@@ -206,6 +206,113 @@ def plan_config(config: T5Config, partitioner: Partitioner, devices: int, batch_
               int(capacity_gib * GIB) if capacity_gib else None, config.remat_policy)
 
 
+@dataclasses.dataclass
+class EvalPlan:
+  """Per-device memory of ``xmtf eval``'s scoring step: parameters (as restored, no optimizer
+  state or gradients), one layer's activations, the repeated encoder output and the float32
+  logits of every (prompt, choice) row."""
+  devices: int
+  mesh: dict[str, int]
+  shape: dict[str, int]  # batch (global prompts), inputs, targets, choices
+  param_bytes: int
+  activation_bytes: int
+  logits_bytes: int
+  capacity_bytes: int | None
+  compiled: memory_compile.CompiledMemory | None = None
+  compile_note: str = ""
+
+  @property
+  def total_bytes(self) -> int:
+    return self.param_bytes + self.activation_bytes + self.logits_bytes
+
+  def table(self) -> str:
+    s = self.shape
+    devices = f"{self.devices} device{'s' * (self.devices > 1)}"
+    lines = [f"xmtf eval's scoring step: mesh {self.mesh} on {devices}; {s['batch']} prompts a "
+             f"batch ({s['batch'] // self.mesh['data']} per device) of {s['inputs']} tokens, {s['choices']} choices of {s['targets']} tokens"]
+    rows = [("parameters (f32, as restored)", self.param_bytes),
+            ("activations (estimate, one layer)", self.activation_bytes),
+            ("logits + log-probs (f32)", self.logits_bytes), ("total (formula)", self.total_bytes)]
+    lines += [f"  {name:<40} {fmt(b):>14}" for name, b in rows]
+    if self.compiled is not None:
+      c = self.compiled
+      lines.append(f"  {'compiled (XLA:' + c.backend.upper() + ')':<40} {fmt(c.peak_bytes):>14}"
+                   f"   peak = argument {fmt(c.argument_bytes).strip()} + temp "
+                   f"{fmt(c.temp_bytes).strip()} + output; {c.devices}-device mesh, compiled in "
+                   f"{c.compile_seconds:.0f} s")
+      if c.backend == "cpu":
+        lines += textwrap.wrap(memory_compile.CPU_CAVEATS, 98, initial_indent="  ",
+                               subsequent_indent="  ")
+    elif self.compile_note:
+      lines.append(f"  compiled figure: none ({self.compile_note})")
+    if self.capacity_bytes:
+      lines.append(f"  {'device memory':<40} {fmt(self.capacity_bytes):>14} -> {self.verdict()}")
+    return "\n".join(lines)
+
+  def verdict(self) -> str:
+    cap = 0.9 * self.capacity_bytes
+    formula = "fits" if self.total_bytes <= cap else "does NOT fit"
+    if self.compiled is None:
+      return f"{formula} by the formula (with 10% headroom)"
+    fits = self.compiled.peak_bytes <= cap
+    return (f"{'fits' if fits else 'does NOT fit'} by the compiled figure "
+            f"({self.compiled.peak_bytes / GIB:.2f} GiB, with 10% headroom; the formula says: "
+            f"{formula})")
+
+
+def plan_eval(config: T5Config, partitioner: Partitioner, devices: int, shape: dict[str, int],
+              capacity_gib: float | None = None) -> EvalPlan:
+  """The formula's per-device memory of eval's scoring step on ``devices`` devices."""
+  mp = partitioner.model_parallel_size
+  if devices % mp:
+    raise ValueError(f"num_partitions={mp} does not divide {devices} devices; set "
+                     f"--gin.NUM_PARTITIONS to a divisor of {devices}.")
+  if config.num_heads % mp:
+    raise ValueError(f"num_partitions={mp} does not divide the model's {config.num_heads} "
+                     "attention heads.")
+  mesh = {"data": devices // mp, "model": mp}
+  shape = {**shape, "batch": -(-shape["batch"] // mesh["data"]) * mesh["data"]}
+  b, c = shape["batch"] // mesh["data"], shape["choices"]
+  d, a, V = config.emb_dim, config.num_heads, config.vocab_size
+  len_in, len_out = shape["inputs"], shape["targets"]
+  width = 2 if config.dtype == "bfloat16" else 4
+
+  def layer(s, rows):  # the saved-activation formula: an upper bound of one layer's working set
+    return s * rows * d * (34 + 5 * a * s / d) * width / 2
+
+  encoded = width * b * c * len_in * d  # the encoder output, repeated for every choice
+  one_layer = max(layer(len_in, b), layer(len_out, b * c) + 5 * a * len_out * len_in * b * c)
+  logits = 2 * 4 * b * c * len_out * V  # float32 logits and log-softmax
+  params_bytes, _ = state_bytes(config, partitioner, mesh)
+  return EvalPlan(devices, mesh, shape, params_bytes, int(encoded + one_layer / mp),
+                  int(logits / mp), int(capacity_gib * GIB) if capacity_gib else None)
+
+
+def plan_eval_from_gin(gin_files, bindings, devices: int, chip: str | None, shape: dict[str, int],
+                       compile: str = "off", timeout: float | None = None) -> EvalPlan:
+  """``plan_eval`` of a config's model and partitioner, with XLA's compiled figure unless
+  ``compile='off'`` (the layers scanned: the same math, one layer for XLA to compile)."""
+  gin_config.parse(gin_files, ["MODEL_DIR = '/tmp/plan'", *bindings], finalize=False)
+  run = memory_compile.run_objects()
+  plan = plan_eval(run["model"].config, run["partitioner"], devices, shape,
+                   CHIPS[chip] if chip else None)
+  if compile == "off":
+    plan.compile_note = "--compile=off"
+    return plan
+  import jax
+  try:
+    if jax.device_count() >= devices:
+      plan.compiled = memory_compile.compile_run(run, devices, True, plan.shape)
+    else:
+      plan.compiled = memory_compile.compile_in_child(gin_files, bindings, devices, True, timeout,
+                                                      plan.shape)
+  except Exception as e:
+    if compile == "on":
+      raise ValueError(f"compiling the scoring step failed: {e}") from e
+    plan.compile_note = f"compile failed: {str(e).splitlines()[0][:200]}"
+  return plan
+
+
 # Macros the planner evaluates itself (a run config reads them through the trainer too).
 _MACROS_READ = ("MODEL_CONFIG", "BATCH_SIZE", "TASK_FEATURE_LENGTHS", "NUM_MICROBATCHES")
 
@@ -261,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
                  "of in one scan")
   p.add_argument("--compile_timeout", type=float, default=900.0,
                  help="seconds allowed for the compile subprocess")
+  p.add_argument("--job", choices=("train", "eval"), default="train",
+                 help="train: the run config's train step (default); eval: xmtf eval's scoring "
+                 "step for the config's model and partitioner (NUM_PARTITIONS)")
+  p.add_argument("--eval_shape", default="32,512,16,4", metavar="BATCH,INPUTS,TARGETS,CHOICES",
+                 help="--job eval: prompts a batch, prompt tokens, answer tokens, answers a "
+                 "prompt (default 32,512,16,4: eval.gin's batch at its token budget, 512 a "
+                 "prompt)")
   args = p.parse_args(gin_config.rewrite_gin_args(argv or []))
   chip, devices = args.chip, args.devices
   if args.slice:
@@ -268,8 +382,17 @@ def main(argv: list[str] | None = None) -> int:
   if not devices:
     p.error("give --devices (and --chip) or --slice")
   try:
-    plan = plan_from_gin(args.gin_file, args.gin_bindings, devices, chip, args.compile,
-                         not args.compile_unscanned, args.compile_timeout)
+    if args.job == "eval":
+      values = args.eval_shape.split(",")
+      if len(values) != 4 or not all(v.strip().isdigit() and int(v) > 0 for v in values):
+        raise ValueError(f"--eval_shape={args.eval_shape}: give four positive integers "
+                         "BATCH,INPUTS,TARGETS,CHOICES, e.g. 32,512,16,4.")
+      shape = dict(zip(("batch", "inputs", "targets", "choices"), map(int, values)))
+      plan = plan_eval_from_gin(args.gin_file, args.gin_bindings, devices, chip, shape,
+                                args.compile, args.compile_timeout)
+    else:
+      plan = plan_from_gin(args.gin_file, args.gin_bindings, devices, chip, args.compile,
+                           not args.compile_unscanned, args.compile_timeout)
   except (gin_config.GinConfigError, ValueError) as e:
     print(f"xmtf plan: error: {e}")
     return 2
