@@ -66,6 +66,7 @@ SLOW = (
     "test_eval_meshes.py::test_a_num_partitions_that_cannot_work_is_one_line",
     "test_eval_meshes.py::test_infer_decodes_the_same_tokens_on_every_mesh",
     "test_eval_meshes.py::test_two_processes_of_four_devices_give_one_devices_results",
+    "test_eval_meshes.py::test_select_checkpoint_scores_the_same_on_a_mesh",
 )
 
 

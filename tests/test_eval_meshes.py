@@ -5,6 +5,7 @@ their planned shardings; a NUM_PARTITIONS that cannot work is one line."""
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from eval_testlib import write_checkpoints
 
 import gin
-from tasks import vocab
+from tasks import heldout, vocab
 from xmtf_pipeline import cli, gin_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,6 +39,11 @@ def meshes(tmp_path_factory):
                  "--model", "mt5_tiny", "--spm_model", str(vocab.SAMPLE_SPM)])
   gin.clear_config()
   assert rc == 0
+  shutil.copytree(root / "run", root / "run_select_one")
+  assert cli.main(["select-checkpoint", "--model_dir", str(root / "run_select_one"), "--suite",
+                   "copa", "--data_dir", str(heldout.BUNDLED_DIR), "--max_examples", ROWS,
+                   "--model", "mt5_tiny", "--spm_model", str(vocab.SAMPLE_SPM)]) == 0
+  gin.clear_config()
   prompts = root / "prompts.jsonl"
   prompts.write_text("".join(json.dumps({"inputs": text}) + "\n" for text in PROMPTS))
   for decoding in ("greedy", "beam"):
@@ -120,11 +126,9 @@ def test_infer_decodes_the_same_tokens_on_every_mesh(meshes, decoding, mp):
                                [r["aux"]["score"] for r in mesh], rtol=1e-5)
 
 
-def test_two_processes_of_four_devices_give_one_devices_results(meshes):
-  """2 processes x 4 devices (mesh data=4 model=2): each feeds its rows, process 0 writes."""
+def _two_processes(args: list[str]) -> list[str]:
+  """``xmtf ARGS`` as 2 jax.distributed processes of 4 fake devices each; their outputs."""
   from test_partitioning import _free_port
-  root, _, _ = meshes
-  checkpoint = str(root / "run" / "checkpoint_10")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO),
              XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
                        "--xla_force_host_platform_device_count=4".strip())
@@ -132,10 +136,8 @@ def test_two_processes_of_four_devices_give_one_devices_results(meshes):
     port, procs = _free_port(), []
     for i in range(2):
       procs.append(subprocess.Popen(
-          [sys.executable, "-m", "xmtf_pipeline.cli", "eval", "--checkpoint", checkpoint,
-           "--output_dir", str(root / "two"), "--suite", SUITE, "--max_examples", ROWS,
-           "--batch_size", "4", "--model", "mt5_tiny", "--spm_model", str(vocab.SAMPLE_SPM),
-           "--gin.NUM_PARTITIONS=2", "--multiprocess_gpu",
+          [sys.executable, "-m", "xmtf_pipeline.cli", *args, "--model", "mt5_tiny",
+           "--spm_model", str(vocab.SAMPLE_SPM), "--gin.NUM_PARTITIONS=2", "--multiprocess_gpu",
            f"--coordinator_address=localhost:{port}", "--process_count=2",
            f"--process_index={i}"] + (["--overwrite"] if attempt else []),
           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -147,6 +149,15 @@ def test_two_processes_of_four_devices_give_one_devices_results(meshes):
     break
   for p, o in zip(procs, outs):
     assert p.returncode == 0, o[-3000:]
+  return outs
+
+
+def test_two_processes_of_four_devices_give_one_devices_results(meshes):
+  """2 processes x 4 devices (mesh data=4 model=2): each feeds its rows, process 0 writes."""
+  root, _, _ = meshes
+  checkpoint = str(root / "run" / "checkpoint_10")
+  outs = _two_processes(["eval", "--checkpoint", checkpoint, "--output_dir", str(root / "two"),
+                         "--suite", SUITE, "--max_examples", ROWS, "--batch_size", "4"])
   assert "mesh data=4 model=2 on 8 devices, 2 processes" in outs[0]
   assert "Wrote results.json" in outs[0] and "Wrote results.json" not in outs[1]
   one = json.loads((root / "one" / "results.json").read_text())["prompts"]
@@ -157,3 +168,24 @@ def test_two_processes_of_four_devices_give_one_devices_results(meshes):
   for key in a:
     assert a[key]["prediction"] == b[key]["prediction"], key
     np.testing.assert_allclose(a[key]["scores"], b[key]["scores"], rtol=1e-6, atol=1e-5)
+  # xmtf infer the same way: greedy outputs equal one device's, written once.
+  _two_processes(["infer", "--checkpoint", checkpoint, "--output_dir", str(root / "greedy-two"),
+                  "--input_file", str(root / "prompts.jsonl"), "--decoding", "greedy",
+                  "--batch_size", "3", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"])
+  name = "prompts-predict.jsonl-00000-of-00001"
+  one_rows = (root / "greedy-one" / name).read_text().splitlines()
+  two_rows = (root / "greedy-two" / name).read_text().splitlines()
+  assert [json.loads(r)["prediction"] for r in one_rows] == [json.loads(r)["prediction"]
+                                                             for r in two_rows]
+
+
+def test_select_checkpoint_scores_the_same_on_a_mesh(meshes):
+  root, stdout, report = meshes
+  assert report["select"] == 0
+  assert "on mesh data=4 model=2 on 8 devices, 1 process" in stdout
+
+  def record(run):
+    path = next((root / run / "validation").rglob("checkpoint_10.json"))
+    return json.loads(path.read_text())["prompts"]
+  one, mesh = record("run_select_one"), record("run_select_mesh")
+  assert [(p["prompt"], p["accuracy"]) for p in one] == [(p["prompt"], p["accuracy"]) for p in mesh]

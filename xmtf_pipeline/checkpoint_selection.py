@@ -58,19 +58,24 @@ def validation_dir(model_dir: str, suite: str, max_examples: int | None) -> str:
 
 def validation_hook(model_dir: str, suite: str, model: Any, vocabulary: Any,
                     metric: str = "median", data_dir: str | None = None,
-                    max_examples: int | None = None, batch_size: int = 16):
+                    max_examples: int | None = None, batch_size: int = 16,
+                    partitioner: Any = None):
   """``fn(params, step) -> score`` for a trainer's EVAL_PERIOD: evaluates ``suite`` on the
   live parameters and stores the summary where ``select`` looks first, so choosing the best
-  checkpoint afterwards costs nothing for steps validated during training."""
+  checkpoint afterwards costs nothing for steps validated during training. With a
+  ``partitioner`` the parameters are sharded on its mesh and scored there."""
   from tasks import heldout
-  from xmtf_pipeline import eval_report, evaluation
+  from xmtf_pipeline import eval_report, evaluation, rank_classification
 
   entries = heldout.resolve_suite(suite)
   out_dir = validation_dir(model_dir, suite, max_examples)
 
   def hook(params: Any, step: int) -> float:
+    scorer = (rank_classification.RankScorer(model.module, params, batch_size,
+                                             partitioner=partitioner)
+              if partitioner is not None else None)
     results = evaluation.evaluate_suite(model, params, vocabulary, entries, data_dir,
-                                        max_examples, batch_size, log=None)
+                                        max_examples, batch_size, log=None, scorer=scorer)
     summary = eval_report.aggregate(results)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"checkpoint_{step}.json"), "w") as f:
@@ -82,10 +87,14 @@ def validation_hook(model_dir: str, suite: str, model: Any, vocabulary: Any,
 
 def select(model_dir: str, suite: str, model: Any, vocabulary: Any, metric: str = "median",
            data_dir: str | None = None, max_examples: int | None = None, batch_size: int = 16,
-           steps: list[int] | None = None, log=print) -> dict[str, Any]:
-  """Scores every checkpoint (reusing stored scores) and returns the selection record."""
+           steps: list[int] | None = None, log=print,
+           partitioner: Any = None) -> dict[str, Any]:
+  """Scores every checkpoint (reusing stored scores) and returns the selection record;
+  ``partitioner`` (default: data parallelism over every visible device) is the mesh the
+  checkpoints are restored onto and scored on."""
   from tasks import heldout
   from xmtf_pipeline import evaluation
+  from xmtf_pipeline.partitioning import Partitioner
 
   if metric not in METRICS:
     raise SelectionError(f"--metric must be one of {METRICS}, got {metric!r}.")
@@ -104,8 +113,10 @@ def select(model_dir: str, suite: str, model: Any, vocabulary: Any, metric: str 
   # not after the first checkpoint is scored.
   evaluation.check_output_dir(out_dir, [], True, "The validation folder", "--model_dir",
                               error=SelectionError)
+  partitioner = partitioner or Partitioner()
+  evaluation.check_model_parallel(partitioner, model.config)
   hook = validation_hook(model_dir, suite, model, vocabulary, metric, data_dir, max_examples,
-                         batch_size)
+                         batch_size, partitioner)
   scores: dict[int, float] = {}
   for step in steps:
     path = os.path.join(out_dir, f"checkpoint_{step}.json")
@@ -114,8 +125,10 @@ def select(model_dir: str, suite: str, model: Any, vocabulary: Any, metric: str 
         scores[step] = score_of(json.load(f), metric)
       log(f"checkpoint_{step}: stored validation results ({path})")
     else:
-      log(f"checkpoint_{step}: evaluating {len(entries)} prompts of {suite!r}")
-      params = evaluation.load_params(os.path.join(model_dir, f"checkpoint_{step}"), model.config)
+      log(f"checkpoint_{step}: evaluating {len(entries)} prompts of {suite!r} on "
+          f"{partitioner.describe()}")
+      params = evaluation.load_params(os.path.join(model_dir, f"checkpoint_{step}"), model.config,
+                                      partitioner)
       scores[step] = hook(params, step)
   best = max(scores, key=lambda s: (scores[s], -s))  # ties: the earlier checkpoint
   ranked = sorted(scores, key=lambda s: (-scores[s], s))
@@ -182,6 +195,8 @@ What to set:
   batch size    --batch_size N      (default 16)
   max examples  --max_examples N    rows per (dataset, config) (default: all)
   model         --model NAME        model gin (default: from MODEL_DIR/config.gin)
+  mesh          --num_partitions N  model-parallel size over every visible device, as
+                                    training's NUM_PARTITIONS (default 1: data parallelism)
 
 Example, on the bundled rows:
   xmtf select-checkpoint --model_dir /runs/mt0 --suite copa,rte \\
@@ -211,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--gin_bindings", action="append", default=[], help="bindings for --model")
   p.add_argument("--spm_model", default=None,
                  help="SentencePiece model (default: the run's, from MODEL_DIR/config.gin)")
+  p.add_argument("--num_partitions", type=int, default=1,
+                 help="model-parallel size of the mesh over every visible device (as training's "
+                 "NUM_PARTITIONS); default 1")
   args = p.parse_args(argv)
   from tasks.heldout import HeldOutError
   from xmtf_pipeline import checkpoints, evaluation, gin_config
@@ -218,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
   try:
     steps = [int(s) for s in args.steps.split(",")] if args.steps else None
     model, vocabulary = _model_and_vocab(args)
+    from xmtf_pipeline.partitioning import Partitioner
     select(args.model_dir, args.suite, model, vocabulary, args.metric, args.data_dir,
-           args.max_examples, args.batch_size, steps)
+           args.max_examples, args.batch_size, steps,
+           partitioner=Partitioner(num_partitions=args.num_partitions))
   except (SelectionError, HeldOutError, evaluation.EvalError, checkpoints.CheckpointError,
           ParamMismatchError, gin_config.GinConfigError, ValueError) as e:
     print(f"xmtf select-checkpoint: error: {e}", file=sys.stderr)

@@ -120,7 +120,7 @@ def check_vocabulary(vocabulary: Any, config: T5Config) -> None:
         "tasks.vocab.mt5_vocabulary_config.extra_ids.")
 
 
-def _agreed(check: Callable[[], None]) -> None:
+def agreed(check: Callable[[], None]) -> None:
   """Runs ``check`` (process 0's refusal, e.g. of its output folder) and lets every process
   stop with it, instead of the others waiting in the first collective until a timeout."""
   if jax.process_count() == 1:
@@ -130,13 +130,13 @@ def _agreed(check: Callable[[], None]) -> None:
   error = None
   try:
     check()
-  except EvalError as e:
+  except ValueError as e:  # EvalError, InferError: a refusal in one line
     error = e
   ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
   if error is not None:
     raise error
   if not ok:
-    raise EvalError("Process 0 refused to start (its log says why); nothing was scored.")
+    raise EvalError("Process 0 refused to start (its log says why); nothing was done.")
 
 
 def check_model_parallel(partitioner: Any, config: T5Config) -> None:
@@ -410,7 +410,7 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
   entries = heldout.resolve_suite(suite)  # an unknown name fails before the checkpoint loads
   example_files = eval_report.example_paths(output_dir, entries)
   writer = jax.process_index() == 0  # process 0 writes; every process scores its share
-  _agreed(lambda: check_output_dir(
+  agreed(lambda: check_output_dir(
       output_dir, eval_report.report_paths(output_dir) + list(example_files.values()), overwrite,
       "EVAL_OUTPUT_DIR") if writer else None)
   if data_dir != heldout.suite_data_dir(suite, data_dir):

@@ -175,6 +175,15 @@ class Predictor:
     if self._decode is None:
       self._decode = self._decoder()
     self.rng, key = jax.random.split(self.rng)
+    if self.partitioner is not None and jax.process_count() > 1:
+      # Every process decodes the same batches; each feeds its own devices' rows, and the
+      # outputs come back replicated to all.
+      rows, count, index = len(enc), jax.process_count(), jax.process_index()
+      enc = self.partitioner.shard_batch({"enc": enc[index * rows // count:
+                                                     (index + 1) * rows // count]})["enc"]
+      tokens, aux = self._decode(self.params, enc, key)
+      return (np.asarray(tokens.addressable_data(0)),
+              None if aux is None else np.asarray(aux.addressable_data(0)))
     tokens, aux = self._decode(self.params, enc, key)
     return np.asarray(tokens), None if aux is None else np.asarray(aux)
 
@@ -212,8 +221,10 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
   name = os.path.splitext(os.path.basename(input_file))[0] if input_file else task_name
   path = os.path.join(output_dir, f"{name}-{mode}.jsonl-00000-of-00001")
   metrics_path = os.path.join(output_dir, f"{name}-metrics.json")
-  evaluation.check_output_dir(output_dir, [path] + ([metrics_path] if metrics else []),
-                              overwrite, "INFER_OUTPUT_DIR", error=InferError)
+  writer = jax.process_index() == 0  # process 0 writes; every process decodes its share
+  evaluation.agreed(lambda: evaluation.check_output_dir(
+      output_dir, [path] + ([metrics_path] if metrics else []), overwrite, "INFER_OUTPUT_DIR",
+      error=InferError) if writer else None)
   if input_file is not None:
     if vocabulary is None:
       raise InferError("A JSON-lines INPUT_FILE needs VOCABULARY to tokenize it.")
@@ -249,6 +260,8 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
   else:
     outputs = _score(model, params, rows, vocab, lengths, batch_size, inputs_add_eos,
                      truncate_side, counts, partitioner)
+  if not writer:
+    return path
   with open(path, "w", encoding="utf-8") as f:
     for out in outputs:
       f.write(json.dumps(out, ensure_ascii=False) + "\n")

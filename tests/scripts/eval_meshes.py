@@ -9,11 +9,13 @@ xmtf infer (greedy and beam search on each mesh).
 import contextlib
 import io
 import json
+import os
+import shutil
 import sys
 
 import jax
 
-from tasks import vocab
+from tasks import heldout, vocab
 from xmtf_pipeline import cli, evaluation, gin_config
 from xmtf_pipeline.partitioning import Partitioner
 
@@ -47,6 +49,12 @@ def main():
     for decoding in ("greedy", "beam"):
       report["runs"][f"{decoding}{mp}"] = infer(checkpoint, f"{root}/{decoding}{mp}", prompts,
                                                 decoding, f"--gin.NUM_PARTITIONS={mp}")
+  # select-checkpoint on a copy of the run (its validation scores are a cache in MODEL_DIR).
+  shutil.copytree(os.path.dirname(checkpoint), f"{root}/run_select_mesh")
+  report["select"] = cli.main(["select-checkpoint", "--model_dir", f"{root}/run_select_mesh",
+                               "--suite", "copa", "--data_dir", str(heldout.BUNDLED_DIR),
+                               "--max_examples", rows, "--model", "mt5_tiny",
+                               "--spm_model", str(vocab.SAMPLE_SPM), "--num_partitions", "2"])
   for mp in (3, 8):  # 3 does not divide 8 devices; 8 does not divide the tiny model's 4 heads
     report["bad"][mp] = _eval(checkpoint, f"{root}/bad{mp}", suite, rows,
                               f"--gin.NUM_PARTITIONS={mp}")
