@@ -19,10 +19,10 @@
 #   Local runs need T5X_DIR (a google-research/t5x clone) and T5X's packages in T5X_PYTHON
 #   (default .venv/bin/python, see docs/upstream-t5x.md); shims from scripts/t5x_shims.
 # --launcher local (default) runs here. tpu_pod: scripts/launch_tpu_pod.sh --job eval on every
-#   worker of TPU NAME (then, for t5x, the report here). T5X's eval is multi-host; `xmtf eval` is
-#   single-process, so there each worker evaluates the whole suite by itself (use a one-host
-#   slice). slurm: one `srun --ntasks=1` process, xmtf through scripts/launch_slurm.sh --job eval,
-#   t5x directly (neither `xmtf eval` nor T5X's eval.py initializes multi-process GPU runs).
+#   worker of TPU NAME (then, for t5x, the report here). slurm: xmtf through
+#   scripts/launch_slurm.sh --job eval, one process per node with the multi-process flags (every
+#   process feeds its devices' rows, process 0 writes); t5x as one `srun --ntasks=1` process
+#   (T5X's eval.py does not initialize multi-process GPU runs).
 # Extra flags go to the eval command (gin bindings: --gin.NAME=VALUE). --dry_run (or DRY_RUN=1)
 # prints the commands instead of running them.
 set -euo pipefail

@@ -5,7 +5,7 @@
 #   scripts/launch_slurm.sh --dry_run -- --gin_file=mt0/mt0_xl_xp3.gin --gin.MODEL_DIR=\"/ckpt/xl\"
 #   scripts/launch_slurm.sh [--dry_run] [--job train|eval|infer] -- [xmtf JOB flags...]
 #   (--job eval: scripts/eval.sh --launcher slurm builds its flags; default job train; eval and
-#   infer run as one process, `srun --ntasks=1`, as xmtf eval/infer are single-process)
+#   infer run one process per node too, on the whole mesh)
 #
 # Process 0's host is the jax.distributed coordinator (port $COORDINATOR_PORT, default 29500);
 # each task passes T5X's --multiprocess_gpu --coordinator_address --process_count --process_index.
@@ -33,10 +33,9 @@ PORT="${COORDINATOR_PORT:-29500}"
 NODES="${SLURM_JOB_NODELIST:-localhost}"
 HEAD=$(scontrol show hostnames "$NODES" 2>/dev/null | head -n1 || echo localhost)
 NTASKS="${SLURM_NTASKS:-1}"
-# xmtf eval and infer run in one process (they do not initialize jax.distributed): one task, on
-# the first node, with its GPUs; train runs one process per node.
+# One process per node for every job: xmtf train, eval and infer all start jax.distributed from
+# these flags (eval and infer: each process feeds its devices' rows, process 0 writes).
 DIST="--multiprocess_gpu --coordinator_address=$HEAD:$PORT --process_count=$NTASKS --process_index=\$SLURM_PROCID "
-if [ "$JOB" != train ]; then NTASKS=1; DIST=""; fi
 TASK=(bash -c "XMTF_JAX_EXTRA=\${XMTF_JAX_EXTRA:-cuda12} bash '$ROOT/scripts/install.sh' && TF_CPP_MIN_LOG_LEVEL=3 '$ROOT/.venv/bin/xmtf' $JOB \
 $DIST$(printf '%q ' "$@")")
 CMD=(srun --ntasks="$NTASKS" --ntasks-per-node=1 "${TASK[@]}")

@@ -215,8 +215,9 @@ def test_eval_sh_through_the_launchers_dry_run():
 
   slurm = _sh("--launcher", "slurm", "--dry_run", "mt5_xl", "/c", "/o", "heldout_bundled")
   assert slurm.returncode == 0, slurm.stderr
-  assert slurm.stdout.startswith("srun --ntasks=1 ") and "--multiprocess_gpu" not in slurm.stdout
-  assert "xmtf\\'\\ eval\\ --gin_file=models/mt5_xl.gin\\ --gin_file=runs/eval.gin" in slurm.stdout
+  assert slurm.stdout.startswith("srun --ntasks=1 ") and "--process_count=1" in slurm.stdout
+  assert "xmtf\\'\\ eval\\ --multiprocess_gpu" in slurm.stdout
+  assert "--gin_file=models/mt5_xl.gin\\ --gin_file=runs/eval.gin" in slurm.stdout
   slurm = _sh("--engine", "t5x", "--launcher", "slurm", "--dry_run", "mt5_xl", "/c", "/o")
   assert slurm.returncode == 0, slurm.stderr
   assert shlex.split(slurm.stdout) == ["srun", "--ntasks=1", "--nodes=1", "bash", str(EVAL_SH),
@@ -248,10 +249,10 @@ def test_launchers_take_a_job(job):
   assert pod.returncode == 0 and f"-m t5x.{job} --gin_search_paths" in pod.stdout
   slurm = _sh("--job", job, "--dry_run", "--", "--gin_file=runs/x.gin",
               script=REPO / "scripts" / "launch_slurm.sh",
-              env={"SLURM_NTASKS": "4"})  # eval and infer: one process whatever the allocation
-  assert slurm.returncode == 0 and slurm.stdout.startswith("srun --ntasks=1 "), slurm.stdout
-  assert f"xmtf\\'\\ {job}\\ --gin_file=runs/x.gin" in slurm.stdout
-  assert "--multiprocess_gpu" not in slurm.stdout
+              env={"SLURM_NTASKS": "4"})  # eval and infer: one process per node, as train
+  assert slurm.returncode == 0 and slurm.stdout.startswith("srun --ntasks=4 "), slurm.stdout
+  assert f"xmtf\\'\\ {job}\\ --multiprocess_gpu" in slurm.stdout
+  assert "--process_count=4" in slurm.stdout and "--gin_file=runs/x.gin" in slurm.stdout
   train = _sh("--dry_run", "--", "--gin_file=runs/x.gin", script=REPO / "scripts" / "launch_slurm.sh",
               env={"SLURM_NTASKS": "4"})
   assert train.stdout.startswith("srun --ntasks=4 ") and "--process_count=4" in train.stdout
