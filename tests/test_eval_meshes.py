@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import distributed_testlib
 import numpy as np
 import pytest
 from eval_testlib import write_checkpoints
@@ -128,28 +129,16 @@ def test_infer_decodes_the_same_tokens_on_every_mesh(meshes, decoding, mp):
 
 def _two_processes(args: list[str]) -> list[str]:
   """``xmtf ARGS`` as 2 jax.distributed processes of 4 fake devices each; their outputs."""
-  from test_partitioning import _free_port
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO),
              XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
                        "--xla_force_host_platform_device_count=4".strip())
-  for attempt in range(2):
-    port, procs = _free_port(), []
-    for i in range(2):
-      procs.append(subprocess.Popen(
-          [sys.executable, "-m", "xmtf_pipeline.cli", *args, "--model", "mt5_tiny",
-           "--spm_model", str(vocab.SAMPLE_SPM), "--gin.NUM_PARTITIONS=2", "--multiprocess_gpu",
-           f"--coordinator_address=localhost:{port}", "--process_count=2",
-           f"--process_index={i}"] + (["--overwrite"] if attempt else []),
-          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    # gloo gives up after 30 s when one process reaches the first collective much later (a
-    # loaded 2-core host): retry that case once.
-    if attempt == 0 and any("Gloo context initialization failed" in o for o in outs):
-      continue
-    break
-  for p, o in zip(procs, outs):
-    assert p.returncode == 0, o[-3000:]
-  return outs
+
+  def command(port, i, attempt):  # a retry replaces what the failed attempt may have written
+    return ([sys.executable, "-m", "xmtf_pipeline.cli", *args, "--model", "mt5_tiny",
+             "--spm_model", str(vocab.SAMPLE_SPM), "--gin.NUM_PARTITIONS=2", "--multiprocess_gpu",
+             f"--coordinator_address=localhost:{port}", "--process_count=2",
+             f"--process_index={i}"] + (["--overwrite"] if attempt else []))
+  return distributed_testlib.run_processes(command, 2, env, REPO)
 
 
 def test_two_processes_of_four_devices_give_one_devices_results(meshes):

@@ -3,12 +3,12 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import distributed_testlib
 import micro_model
 import numpy as np
 import pytest
@@ -68,14 +68,8 @@ def test_batch_not_divisible_by_data_parallel_size():
     train_lib._check_divisible(cfg, 8, 1)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_unreachable_coordinator_fails_fast_naming_the_address():
-  port = _free_port()
+  port = distributed_testlib.free_port()
   code = ("from xmtf_pipeline import distributed\n"
           f"distributed.initialize('localhost:{port}', 2, 1, timeout_s=5)\n")
   t0 = time.time()
@@ -114,27 +108,13 @@ def _run_one_process(model_dir, steps):
 def _run_two_processes(runs):
   """``runs`` ((model_dir, steps), ...) one after another in one launch of two processes:
   jax.distributed starts with the first and the later ones restart in the same processes."""
-  for attempt in range(2):
-    port = _free_port()
-    procs = []
-    for i in range(2):
-      argv = [*_train_flags(*runs[0]), "--multiprocess_gpu",
-              f"--coordinator_address=localhost:{port}", "--process_count=2",
-              f"--process_index={i}"]
-      for run in runs[1:]:
-        argv += ["--next", *_train_flags(*run)]
-      procs.append(subprocess.Popen(
-          [sys.executable, str(REPO / "tests" / "scripts" / "train_runs.py"), *argv], cwd=REPO,
-          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    # gloo's CPU collectives give up after 30 s when one process reaches the first
-    # collective that much later (imports on a loaded 2-core host): retry that case once.
-    if attempt == 0 and any("Gloo context initialization failed" in o for o in outs):
-      continue
-    break
-  for p, o in zip(procs, outs):
-    assert p.returncode == 0, o[-3000:]
-  return outs
+  def command(port, i, attempt):
+    argv = [*_train_flags(*runs[0]), "--multiprocess_gpu",
+            f"--coordinator_address=localhost:{port}", "--process_count=2", f"--process_index={i}"]
+    for run in runs[1:]:
+      argv += ["--next", *_train_flags(*run)]
+    return [sys.executable, str(REPO / "tests" / "scripts" / "train_runs.py"), *argv]
+  return distributed_testlib.run_processes(command, 2, _env(), REPO)
 
 
 def _params(model_dir, step):

@@ -67,6 +67,16 @@ class CompiledMemory:
     return json.dumps(dataclasses.asdict(self))
 
   @classmethod
+  def of(cls, compiled, devices: int, seconds: float, scan_layers: bool) -> CompiledMemory:
+    """``compiled.memory_analysis()`` of a compiled program on ``devices`` devices."""
+    import jax
+    m = compiled.memory_analysis()
+    return cls(int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
+               int(m.alias_size_in_bytes), int(m.temp_size_in_bytes),
+               int(m.generated_code_size_in_bytes), devices, jax.default_backend(),
+               round(seconds, 1), bool(scan_layers))
+
+  @classmethod
   def from_json(cls, text: str) -> CompiledMemory:
     return cls(**json.loads(text))
 
@@ -110,11 +120,7 @@ def compile_train_step(model, optimizer, learning_rate_fn, partitioner, devices:
   lowered = step.lower(trainer.TrainState.from_state_dict(state), batch, rng)
   compiled = lowered.compile(COMPILER_OPTIONS)
   seconds = time.perf_counter() - start
-  m = compiled.memory_analysis()
-  return CompiledMemory(int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
-                        int(m.alias_size_in_bytes), int(m.temp_size_in_bytes),
-                        int(m.generated_code_size_in_bytes), devices, jax.default_backend(),
-                        round(seconds, 1), bool(model.config.scan_layers))
+  return CompiledMemory.of(compiled, devices, seconds, model.config.scan_layers)
 
 
 def compile_eval_step(model, partitioner, devices: int, per_device_batch: int,
@@ -144,11 +150,7 @@ def compile_eval_step(model, partitioner, devices: int, per_device_batch: int,
   fn = rank_classification._partitioned_score_fn(model.module, params, partitioner)
   compiled = fn.lower(params, enc, tgt).compile(COMPILER_OPTIONS)
   seconds = time.perf_counter() - start
-  m = compiled.memory_analysis()
-  return CompiledMemory(int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
-                        int(m.alias_size_in_bytes), int(m.temp_size_in_bytes),
-                        int(m.generated_code_size_in_bytes), devices, jax.default_backend(),
-                        round(seconds, 1), bool(model.config.scan_layers))
+  return CompiledMemory.of(compiled, devices, seconds, model.config.scan_layers)
 
 
 def with_scanned_layers(model):
