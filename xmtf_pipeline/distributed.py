@@ -63,3 +63,13 @@ def _wait_for_coordinator(address: str, timeout_s: int, index: int | None,
       f"Could not reach the coordinator at {address} within {timeout_s}s as process {index} of "
       f"{count} ({type(last).__name__}: {last}). Check that process 0 is running, and that the "
       "host and port are reachable from here.")
+
+
+def process_zero_agrees(ok: bool) -> bool:
+  """Process 0's ``ok``, on every process (a refusal by process 0 stops all of them, instead of
+  the others waiting in the first collective until a timeout); ``ok`` itself on one process."""
+  if jax.process_count() == 1:
+    return ok
+  import numpy as np
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))

@@ -203,7 +203,8 @@ def write_examples(results: Iterable[Any], paths: Mapping[tuple[str, str, str], 
 
 def earlier_example_files(output_dir: str) -> list[str]:
   """The per-example files under ``output_dir`` that an earlier ``xmtf eval`` wrote: jsonl
-  files whose first line has exactly ``EXAMPLE_KEYS`` (anything else there is kept)."""
+  files whose first line has exactly ``EXAMPLE_KEYS`` (anything else there, an empty file
+  included, is kept)."""
   found = []
   for folder, _, files in os.walk(os.path.join(output_dir, EXAMPLES_DIR)):
     for name in files:
@@ -213,7 +214,7 @@ def earlier_example_files(output_dir: str) -> list[str]:
       try:
         with open(path, encoding="utf-8") as f:
           first = f.readline()
-        ours = not first or tuple(json.loads(first)) == EXAMPLE_KEYS
+        ours = bool(first) and tuple(json.loads(first)) == EXAMPLE_KEYS
       except (OSError, ValueError):
         ours = False
       if ours:

@@ -123,16 +123,13 @@ def check_vocabulary(vocabulary: Any, config: T5Config) -> None:
 def agreed(check: Callable[[], None]) -> None:
   """Runs ``check`` (process 0's refusal, e.g. of its output folder) and lets every process
   stop with it, instead of the others waiting in the first collective until a timeout."""
-  if jax.process_count() == 1:
-    check()
-    return
-  from jax.experimental import multihost_utils
+  from xmtf_pipeline import distributed
   error = None
   try:
     check()
   except ValueError as e:  # EvalError, InferError: a refusal in one line
     error = e
-  ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+  ok = distributed.process_zero_agrees(error is None)
   if error is not None:
     raise error
   if not ok:

@@ -178,9 +178,7 @@ class Predictor:
     if self.partitioner is not None and jax.process_count() > 1:
       # Every process decodes the same batches; each feeds its own devices' rows, and the
       # outputs come back replicated to all.
-      rows, count, index = len(enc), jax.process_count(), jax.process_index()
-      enc = self.partitioner.shard_batch({"enc": enc[index * rows // count:
-                                                     (index + 1) * rows // count]})["enc"]
+      enc = self.partitioner.shard_global_batch({"enc": enc})["enc"]
       tokens, aux = self._decode(self.params, enc, key)
       return (np.asarray(tokens.addressable_data(0)),
               None if aux is None else np.asarray(aux.addressable_data(0)))
@@ -262,20 +260,27 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
                      truncate_side, counts, partitioner)
   if not writer:
     return path
-  with open(path, "w", encoding="utf-8") as f:
-    for out in outputs:
-      f.write(json.dumps(out, ensure_ascii=False) + "\n")
-  if metrics:
-    scores = generation_metrics.compute(metrics, [o["targets"] for o in outputs],
-                                        [o["prediction"] for o in outputs])
-    with open(metrics_path, "w") as f:
-      json.dump(scores, f, indent=2)
-    print("metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
+  _write_outputs(outputs, path, metrics, metrics_path)
   print(f"{mode}: {len(outputs)} rows in {time.time() - t0:.1f}s -> {path}"
         + (f" ({counts.inputs} inputs and {counts.targets} targets truncated to "
            f"{lengths['inputs']}/{lengths['targets']} tokens)" if counts.inputs + counts.targets
            else ""), flush=True)
   return path
+
+
+def _write_outputs(outputs: list[dict[str, Any]], path: str, metrics: Sequence[str],
+                   metrics_path: str) -> None:
+  """T5X's inference file (a JSON object a row) and, with METRICS, their scores."""
+  with open(path, "w", encoding="utf-8") as f:
+    for out in outputs:
+      f.write(json.dumps(out, ensure_ascii=False) + "\n")
+  if metrics:
+    from xmtf_pipeline import generation_metrics
+    scores = generation_metrics.compute(metrics, [o["targets"] for o in outputs],
+                                        [o["prediction"] for o in outputs])
+    with open(metrics_path, "w") as f:
+      json.dump(scores, f, indent=2)
+    print("metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
 
 
 def _input_ids(row, vocab, lengths, add_eos, side, counts) -> list[int]:

@@ -135,6 +135,14 @@ class Partitioner:
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
             for k, v in local_batch.items()}
 
+  def shard_global_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """A batch every process holds whole (eval and infer plan the same batches everywhere) as
+    global arrays, each process giving only its own devices' rows."""
+    count, index = jax.process_count(), jax.process_index()
+    rows = len(next(iter(batch.values())))
+    return self.shard_batch({k: v[index * rows // count:(index + 1) * rows // count]
+                             for k, v in batch.items()})
+
   def data_layout(self) -> tuple[int, int]:
     """(shard_id, num_shards) of this process's input: one shard per process.
 

@@ -141,7 +141,7 @@ _COMPILED: set[tuple[Any, ...]] = set()  # (module, parameter avals, shapes) com
 _PARTITIONED: dict[tuple[Any, ...], Any] = {}  # (module, mesh, rules) -> partitioned scoring fn
 
 
-def _partitioned_score_fn(module: Transformer, params: Any, partitioner: Any):
+def partitioned_score_fn(module: Transformer, params: Any, partitioner: Any):
   """``_choice_scores`` on the partitioner's mesh: parameters as they are sharded, prompts
   and choices split over ``data``, the (B, C) scores gathered; one per (module, mesh)."""
   key = (module, partitioner.mesh, partitioner.rules)
@@ -197,7 +197,7 @@ class RankScorer:
       self._lower = functools.partial(_SCORE_FN.lower, module)
       mesh_key = None
     else:
-      self._fn = _partitioned_score_fn(module, params, partitioner)
+      self._fn = partitioned_score_fn(module, params, partitioner)
       self._lower = self._fn.lower
       mesh_key = (partitioner.mesh, partitioner.rules)
     self._avals = (_param_avals(params), mesh_key)
@@ -290,10 +290,8 @@ class RankScorer:
     if self._partitioner is not None and jax.process_count() > 1:
       # Every process plans the same batches; each feeds the rows of its own devices, and the
       # scores come back replicated to all.
-      part, count = self._partitioner, jax.process_count()
-      share = slice(jax.process_index() * rows // count, (jax.process_index() + 1) * rows // count)
-      local = part.shard_batch({"enc": enc[share], "tgt": tgt[share]})
-      scores = np.asarray(self._fn(self.params, local["enc"], local["tgt"]).addressable_data(0))
+      arrays = self._partitioner.shard_global_batch({"enc": enc, "tgt": tgt})
+      scores = np.asarray(self._fn(self.params, arrays["enc"], arrays["tgt"]).addressable_data(0))
     else:
       scores = np.asarray(self._fn(self.params, enc, tgt))
     return scores[:len(batch)]

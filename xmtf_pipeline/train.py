@@ -159,7 +159,8 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
       input_pipeline.validate(cfg, num_shards)
       _check_divisible(cfg, partitioner.data_parallel_size, num_microbatches)
   # Before anything in MODEL_DIR is read, renamed or written: one job per MODEL_DIR.
-  with run_lock.RunLock(model_dir, jax.process_index() == 0, _agree_across_processes()):
+  with run_lock.RunLock(model_dir, jax.process_index() == 0,
+                         distributed.process_zero_agrees if jax.process_count() > 1 else None):
     ckpt = checkpoints.Checkpointer(model_dir, checkpoint_cfg.keep)
     try:
       return _train_locked(model, model_dir, train_dataset_cfg, checkpoint_cfg, optimizer,
@@ -169,14 +170,6 @@ def train(*, model: models.EncoderDecoderModel, model_dir: str,
                            validation_data_dir, ckpt)
     finally:
       ckpt.close()
-
-
-def _agree_across_processes():
-  """None on one process; else a function giving every process process 0's bool."""
-  if jax.process_count() == 1:
-    return None
-  from jax.experimental import multihost_utils
-  return lambda ok: bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
 def _train_locked(model, model_dir, train_dataset_cfg, checkpoint_cfg, optimizer,

@@ -147,7 +147,7 @@ def compile_eval_step(model, partitioner, devices: int, per_device_batch: int,
   enc = jax.ShapeDtypeStruct((rows, eval_shape["inputs"]), jnp.int32)
   tgt = jax.ShapeDtypeStruct((rows, eval_shape["choices"], eval_shape["targets"]), jnp.int32)
   start = time.perf_counter()
-  fn = rank_classification._partitioned_score_fn(model.module, params, partitioner)
+  fn = rank_classification.partitioned_score_fn(model.module, params, partitioner)
   compiled = fn.lower(params, enc, tgt).compile(COMPILER_OPTIONS)
   seconds = time.perf_counter() - start
   return CompiledMemory.of(compiled, devices, seconds, model.config.scan_layers)
