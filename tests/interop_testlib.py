@@ -109,7 +109,7 @@ def export_our_checkpoint(root) -> tuple[str, dict, object]:
 
 
 def train_target(config: T5Config = TINY, seed: int = 5) -> dict:
-  """What the trainer passes to restore_initial: a fresh state's state_dict()."""
+  """What the trainer passes to restore_state: a fresh state's state_dict()."""
   params = params_lib.init_params(config, jax.random.PRNGKey(seed))
   return {"target": params, "state": Adafactor().init(params)}
 

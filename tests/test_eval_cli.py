@@ -13,6 +13,7 @@ from eval_testlib import greedy, sample_vocabulary, spm_binding, write_checkpoin
 import gin
 from tasks import heldout
 from xmtf_pipeline import cli, evaluation, gin_config
+from xmtf_pipeline.interop import restore
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +83,9 @@ def test_hf_checkpoint_folder_loads_the_same_parameters(run_dir, tmp_path):
 
   from xmtf_pipeline import params as params_lib
   config = gin_config.load_model_config("mt5_tiny")
-  ours = evaluation.load_params(f"{run_dir}/checkpoint_10", config)
+  ours = restore.restore_params(f"{run_dir}/checkpoint_10", config)
   save_hf_checkpoint(params_lib.flatten(ours), config, str(tmp_path / "hf"))
-  theirs = evaluation.load_params(str(tmp_path / "hf"), config)
+  theirs = restore.restore_params(str(tmp_path / "hf"), config)
   flat_ours, flat_theirs = params_lib.flatten(ours), params_lib.flatten(theirs)
   assert sorted(flat_ours) == sorted(flat_theirs)
   for k in flat_ours:
@@ -111,7 +112,7 @@ def test_xmtf_infer_predict_and_score(run_dir, tmp_path, capsys):
   # greedy equals the decoder run directly on the same tokens (inputs end in EOS).
   vocab = sample_vocabulary()
   config = gin_config.load_model_config("mt5_tiny")
-  params = evaluation.load_params(f"{run_dir}/checkpoint_20", config)
+  params = restore.restore_params(f"{run_dir}/checkpoint_20", config)
   enc = np.zeros((4, 32), np.int32)
   for i, r in enumerate(rows):
     ids = list(vocab.encode(r["inputs"])) + [1]
@@ -162,7 +163,7 @@ def test_select_checkpoint_says_which_and_why(run_dir, capsys):
 def test_run_suite_is_the_demo_hook(run_dir):
   from xmtf_pipeline import models
   config = gin_config.load_model_config("mt5_tiny")
-  params = evaluation.load_params(f"{run_dir}/checkpoint_20", config)
+  params = restore.restore_params(f"{run_dir}/checkpoint_20", config)
   table = evaluation.run_suite(models.EncoderDecoderModel(config), params, sample_vocabulary(),
                                datasets=("copa", "rte"), max_examples=4)
   assert table.splitlines()[0].startswith("| dataset | config | median over prompts")

@@ -129,8 +129,8 @@ def test_hf_folder_extra_ids_without_tokenizer_config(hf_dir, tmp_path, no_defau
   import tasks_testlib
 
   from tasks import vocab
-  from xmtf_pipeline import checkpoint_contents, evaluation
-  from xmtf_pipeline.interop import hf_import
+  from xmtf_pipeline import evaluation
+  from xmtf_pipeline.interop import hf_import, restore
   folder = tmp_path / "hf"
   shutil.copytree(hf_dir, folder)
   (folder / "tokenizer_config.json").unlink()
@@ -138,7 +138,7 @@ def test_hf_folder_extra_ids_without_tokenizer_config(hf_dir, tmp_path, no_defau
   for sentinels, extra in ((False, 100), (True, 0)):
     if sentinels:
       tasks_testlib.spm_with_sentinels(folder / "spiece.model")
-    found = checkpoint_contents.checkpoint_vocabulary(str(folder))
+    found = restore.checkpoint_vocabulary(str(folder))
     assert found == (str(folder / "spiece.model"), None, "")
     try:
       vocab.use_checkpoint_vocabulary(*found)
@@ -183,20 +183,20 @@ def test_a_run_of_the_sample_task_brings_its_vocabulary(tmp_path, no_default_voc
   eval takes the run's task's vocabulary from its config.gin (the demo trains on xp3_sample,
   whose sample model is not mT5's). A task on mT5's default vocabulary leaves the usual order."""
   from tasks import vocab
-  from xmtf_pipeline import checkpoint_contents
+  from xmtf_pipeline.interop import restore
   for task, expected in (("xp3_sample", vocab.SAMPLE_SPM), ("xp3_bm", None)):
     run = tmp_path / task
     run.mkdir()
     (run / "config.gin").write_text(f"MIXTURE_OR_TASK_NAME = '{task}'\n"
                                     "MIXTURE_OR_TASK_MODULE = 'tasks.xp3'\n")
-    found = checkpoint_contents.checkpoint_vocabulary(str(run / "checkpoint_40"))
+    found = restore.checkpoint_vocabulary(str(run / "checkpoint_40"))
     if expected is None:
       assert found is None
       continue
     assert found is not None and Path(found[0]) == Path(expected), found
     assert f"task '{task}'" in found[2] and "config.gin" in found[2]
     try:
-      line = checkpoint_contents.choose_vocabulary(str(run / "checkpoint_40"))
+      line = restore.choose_vocabulary(str(run / "checkpoint_40"))
       assert "xp3_sample.model (the checkpoint's own" in line, line
       assert vocab.mt5_vocabulary().vocab_size == vocab.sample_vocabulary().vocab_size
     finally:

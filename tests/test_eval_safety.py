@@ -15,8 +15,9 @@ from micro_model import config as micro_config
 import gin
 from tasks import heldout
 from tasks import vocab as vocab_lib
-from xmtf_pipeline import checkpoints, cli, evaluation
+from xmtf_pipeline import checkpoints, cli
 from xmtf_pipeline import params as params_lib
+from xmtf_pipeline.interop import restore
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +60,7 @@ def no_loading(monkeypatch):
   """Makes loading a checkpoint fail the test: the refusals must come before it."""
   def load_params(*args, **kwargs):
     raise AssertionError("the checkpoint was loaded before the refusal")
-  monkeypatch.setattr(evaluation, "load_params", load_params)
+  monkeypatch.setattr(restore, "restore_params", load_params)
 
 
 def _eval(checkpoint, output_dir, *extra):
@@ -133,15 +134,15 @@ def test_earlier_results_are_refused_then_replaced_with_overwrite(run_dir, tmp_p
       ["dataset", "config", "prompt", "index", "scores", "prediction", "label"], 0)) + "\n")
   (out_dir / "examples" / "mine.jsonl").write_text('{"note": "mine"}\n')
   (out_dir / "examples" / "empty.jsonl").write_text("")  # not provably eval's: kept
-  real_load = evaluation.load_params
-  monkeypatch.setattr(evaluation, "load_params", lambda *a: pytest.fail("loaded before refusal"))
+  real_load = restore.restore_params
+  monkeypatch.setattr(restore, "restore_params", lambda *a: pytest.fail("loaded before refusal"))
   rc = cli.main(_eval(f"{run_dir}/checkpoint_10", out_dir))
   line, _ = _one_error_line(capsys)
   assert rc == 2
   assert "results.json, results.md, charts/nli.png" in line and "--overwrite" in line
   assert (out_dir / "results.json").read_text() == "earlier"
 
-  monkeypatch.setattr(evaluation, "load_params", real_load)
+  monkeypatch.setattr(restore, "restore_params", real_load)
   rc = cli.main(_eval(f"{run_dir}/checkpoint_10", out_dir, "--overwrite"))
   assert rc == 0, capsys.readouterr().err
   assert json.loads((out_dir / "results.json").read_text())["meta"]["max_examples"] == 2
@@ -164,15 +165,15 @@ def test_infer_refuses_to_replace_its_output_without_overwrite(run_dir, tmp_path
   written = out_dir / "prompts-score.jsonl-00000-of-00001"
   written.write_text("earlier\n")
   (out_dir / "other.jsonl").write_text("mine\n")
-  real_load = evaluation.load_params
-  monkeypatch.setattr(evaluation, "load_params", lambda *a: pytest.fail("loaded before refusal"))
+  real_load = restore.restore_params
+  monkeypatch.setattr(restore, "restore_params", lambda *a: pytest.fail("loaded before refusal"))
   rc = cli.main(_infer(f"{run_dir}/checkpoint_10", out_dir, src))
   line, _ = _one_error_line(capsys, "xmtf infer")
   assert rc == 2
   assert f"INFER_OUTPUT_DIR {out_dir} already holds {written.name}" in line
   assert "--overwrite" in line and written.read_text() == "earlier\n"
 
-  monkeypatch.setattr(evaluation, "load_params", real_load)
+  monkeypatch.setattr(restore, "restore_params", real_load)
   assert cli.main(_infer(f"{run_dir}/checkpoint_10", out_dir, src, "--overwrite")) == 0
   assert len(json.loads(written.read_text())["scores"]) == 2
   assert (out_dir / "other.jsonl").read_text() == "mine\n"
@@ -204,7 +205,7 @@ def test_nonfinite_hf_folder_is_refused_naming_the_tensor(tmp_path):
       np.inf)
   save_hf_checkpoint(flat, config, str(tmp_path / "hf"))
   with pytest.raises(checkpoints.CheckpointError) as e:
-    evaluation.load_params(str(tmp_path / "hf"), config)
+    restore.restore_params(str(tmp_path / "hf"), config)
   message = str(e.value)
   assert len(message.splitlines()) == 1 and f"{tmp_path / 'hf'} holds NaN/Inf" in message
   assert "encoder.block.0.layer.1.DenseReluDense.wo.weight" in message

@@ -23,7 +23,7 @@ from interop_testlib import (
 from safetensors.numpy import load_file, save_file
 
 from xmtf_pipeline import cli, params
-from xmtf_pipeline.interop import checkpoint_formats, hf_import, hf_mapping
+from xmtf_pipeline.interop import hf_import, hf_mapping, restore
 from xmtf_pipeline.interop.t5x_import import open_checkpoint
 from xmtf_pipeline.params import ParamMismatchError
 
@@ -126,7 +126,7 @@ def test_bfloat16_sharded_export_imports(tmp_path):
 def test_initial_checkpoint_path_accepts_hf_dir(tmp_path, uneven_tree):
   src = write_hf_dir(str(tmp_path / "src"), uneven_tree, UNEVEN)
   target = train_target(UNEVEN)
-  state = checkpoint_formats.restore_initial(src, UNEVEN, target)
+  state = restore.restore_state(src, UNEVEN, target)
   assert_trees_bitwise_equal(state["target"], jax.tree_util.tree_map(np.asarray, uneven_tree))
   assert int(state["state"]["step"]) == 0
   assert all(not np.any(np.asarray(x)) for x in jax.tree_util.tree_leaves(state["state"]))
@@ -163,7 +163,7 @@ def test_tied_heads_are_refused(tmp_path):
   src = write_hf_dir(str(tmp_path / "a"), random_params(TINY), TINY, drop=("lm_head.weight",))
   with pytest.raises(hf_import.HFImportError, match=r"head is tied to the embedding \(no "
                                                      r"lm_head.weight\)"):
-    checkpoint_formats.restore_initial(src, TINY, train_target(TINY))
+    restore.restore_state(src, TINY, train_target(TINY))
   tied = random_params(TINY)
   tied["decoder"]["logits_dense"]["kernel"] = np.asarray(tied["token_embedder"]["embedding"]).T
   src = write_hf_dir(str(tmp_path / "b"), tied, TINY, config_overrides={"tie_word_embeddings": True})
@@ -187,7 +187,7 @@ def test_mismatching_config_is_refused(tmp_path, capsys):
   src = write_hf_dir(str(tmp_path / "src"), random_params(TINY), TINY)
   with pytest.raises(ParamMismatchError, match=r"num_decoder_layers=2 \(model gin "
                      r"num_decoder_layers=3\).*layer_norm_epsilon"):
-    checkpoint_formats.restore_initial(src, UNEVEN, train_target(UNEVEN))
+    restore.restore_state(src, UNEVEN, train_target(UNEVEN))
   assert cli.main(["import-hf", "--hf_dir", src, "--output_dir", str(tmp_path / "o"),
                    "--model", "mt5_small"]) == 2
   assert "d_model=64 (model gin emb_dim=512)" in capsys.readouterr().err
@@ -203,7 +203,7 @@ def test_truncated_safetensors_is_refused(tmp_path, capsys):
   err = capsys.readouterr().err
   assert "model.safetensors: truncated safetensors file" in err and "are present" in err
   with pytest.raises(hf_import.HFImportError, match="truncated"):
-    checkpoint_formats.restore_initial(src, TINY, train_target(TINY))
+    restore.restore_state(src, TINY, train_target(TINY))
   with open(path, "r+b") as f:  # cut inside the header
     f.truncate(20)
   with pytest.raises(hf_import.HFImportError, match="truncated or not a safetensors file"):

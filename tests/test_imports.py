@@ -9,8 +9,7 @@ still a circle for a reader. Layers, from the foundation up (README "Layout"):
                           input_pipeline, checkpoints, gin_config, flags, run_logging, decoding,
                           rank_classification, generation_metrics, tensorflow_import, run_lock
   interop/                HF and T5X checkpoints, safetensors, any-format restore
-  jobs                    train, evaluation, inference, eval_report, checkpoint_selection,
-                          checkpoint_contents
+  jobs                    train, evaluation, inference, eval_report, checkpoint_selection
   tools/                  bench, plan, data inspection, HLO audit, demo
   cli                     the ``xmtf`` command
 """
@@ -29,8 +28,7 @@ MODEL = {"axes", "layers", "network", "params", "layer_stacking"}
 ENGINE = {"losses", "adafactor", "schedules", "models", "trainer", "partitioning", "distributed",
           "input_pipeline", "checkpoints", "gin_config", "flags", "run_logging", "decoding",
           "rank_classification", "generation_metrics", "tensorflow_import", "run_lock"}
-JOBS = {"train", "evaluation", "inference", "eval_report", "checkpoint_selection",
-        "checkpoint_contents"}
+JOBS = {"train", "evaluation", "inference", "eval_report", "checkpoint_selection"}
 LAYERS = ("tasks", "model", "engine", "interop", "jobs", "tools", "cli")
 
 

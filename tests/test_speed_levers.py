@@ -18,7 +18,6 @@ import tasks.synthetic  # noqa: F401  (registers synthetic_copy)
 from xmtf_pipeline import (
   checkpoints,
   decoding,
-  evaluation,
   input_pipeline,
   layer_stacking,
   models,
@@ -28,7 +27,7 @@ from xmtf_pipeline import (
 )
 from xmtf_pipeline import train as train_lib
 from xmtf_pipeline.adafactor import Adafactor
-from xmtf_pipeline.interop import checkpoint_formats
+from xmtf_pipeline.interop import restore
 from xmtf_pipeline.network import T5Config
 
 # Uneven layer counts catch encoder/decoder mix-ups; min_dim_size_to_factor 8 makes
@@ -326,7 +325,7 @@ def test_scanned_run_saves_per_layer_checkpoints_and_resumes_unscanned(tmp_path)
   assert got[0] == want[0] == 6
   _assert_trees_close(got[1]["target"], want[1]["target"], 1e-5)
   # Evaluation and inference load a checkpoint into a scanned model stacked.
-  stacked = evaluation.load_params(str(scanned_dir / "checkpoint_6"),
+  stacked = restore.restore_params(str(scanned_dir / "checkpoint_6"),
                                    tiny.replace(scan_layers=True))
   assert stacked["decoder"]["layers"]["mlp"]["wo"]["kernel"].shape == (2, 48, 32)
   _assert_trees_close(layer_stacking.unstack(stacked, tiny), got[1]["target"], 0.0)
@@ -351,8 +350,8 @@ def test_initial_checkpoint_of_another_adafactor_layout_is_named(tmp_path):
   with pytest.raises(checkpoints.CheckpointError,
                      match=r"state/param_states/decoder/layers_0/\S+/kernel/v_row has shape "
                            r"\(32,\) but the optimizer expects \(1,\); .*another Adafactor"):
-    checkpoint_formats.restore_initial(str(tmp_path / "checkpoint_3"), TINY, target)
-  got = evaluation.load_params(str(tmp_path / "checkpoint_3"), TINY)
+    restore.restore_state(str(tmp_path / "checkpoint_3"), TINY, target)
+  got = restore.restore_params(str(tmp_path / "checkpoint_3"), TINY)
   _assert_trees_close(got, p, 0.0)
 
 

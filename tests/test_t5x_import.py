@@ -21,7 +21,7 @@ from interop_testlib import (
 from safetensors.numpy import load_file
 
 from xmtf_pipeline import cli, params
-from xmtf_pipeline.interop import checkpoint_formats, hf_mapping, t5x_import
+from xmtf_pipeline.interop import hf_mapping, restore, t5x_import
 from xmtf_pipeline.params import ParamMismatchError
 
 STEP = 1_000_000
@@ -135,7 +135,7 @@ def test_restores_params_adafactor_state_and_step(tmp_path, layout):
   path = {"legacy-file": os.path.join(ckpt, "checkpoint"),
           "legacy-model-dir": os.path.dirname(ckpt)}.get(layout, ckpt)
   target = train_target(TINY)
-  restored = checkpoint_formats.restore_initial(path, TINY, target)
+  restored = restore.restore_state(path, TINY, target)
   assert int(restored["state"]["step"]) == STEP
   got = jax.tree_util.tree_map(np.asarray, restored)
   got["state"]["step"] = np.asarray(got["state"]["step"])
@@ -169,7 +169,6 @@ def test_parameters_load_whatever_adafactor_factoring_wrote_the_checkpoint(tmp_p
   slots have other shapes than our default Adafactor's (v_row/v_col instead of v). Eval, infer,
   select-checkpoint and export-hf need the parameters only, so they must load it; training from
   it (the full state) must still refuse, naming the slot."""
-  from xmtf_pipeline import evaluation
   from xmtf_pipeline.adafactor import Adafactor
 
   tree = random_params(TINY, 3)
@@ -182,12 +181,12 @@ def test_parameters_load_whatever_adafactor_factoring_wrote_the_checkpoint(tmp_p
   (write_legacy if layout == "legacy" else write_t5x_orbax_folders)(ckpt, state)
   expected = params.flatten((_expected(state) if layout == "legacy" else state)["target"])
 
-  got = params.flatten(jax.tree_util.tree_map(np.asarray, evaluation.load_params(ckpt, TINY)))
+  got = params.flatten(jax.tree_util.tree_map(np.asarray, restore.restore_params(ckpt, TINY)))
   assert sorted(got) == sorted(expected)
   for name, value in expected.items():
     assert got[name].tobytes() == np.asarray(value, np.float32).tobytes(), name
   with pytest.raises(t5x_import.T5XCheckpointError, match=r"v_row has shape \(64,\) but the optimizer"):
-    checkpoint_formats.restore_initial(ckpt, TINY, train_target(TINY))
+    restore.restore_state(ckpt, TINY, train_target(TINY))
   out = tmp_path / "hf"
   assert cli.main(["export-hf", "--checkpoint_dir", ckpt, "--output_dir", str(out),
                    "--spm_model", SPM]) == 0
@@ -206,7 +205,7 @@ def test_missing_array_folder_is_named(tmp_path):
   with pytest.raises(t5x_import.T5XCheckpointError,
                      match="array target/encoder/layers_1/mlp/wo/kernel cannot be opened.*"
                            "incomplete or damaged"):
-    checkpoint_formats.restore_initial(ckpt, TINY, train_target(TINY))
+    restore.restore_state(ckpt, TINY, train_target(TINY))
 
 
 def test_missing_optimizer_arrays_are_listed(tmp_path):
@@ -217,19 +216,19 @@ def test_missing_optimizer_arrays_are_listed(tmp_path):
   with pytest.raises(t5x_import.T5XCheckpointError,
                      match=r"is missing 4 of the \d+ arrays of a train state: "
                            r"state/param_states/decoder/layers_1/mlp/wi_1/kernel/m"):
-    checkpoint_formats.restore_initial(ckpt, TINY, train_target(TINY))
+    restore.restore_state(ckpt, TINY, train_target(TINY))
 
 
 def test_missing_or_mismatched_parameters(tmp_path):
   ckpt = str(tmp_path / "a" / f"checkpoint_{STEP}")
   write_legacy(ckpt, _t5x_state(), drop_arrays=["target/decoder/decoder_norm/scale"])
   with pytest.raises(ParamMismatchError, match="missing parameter decoder/decoder_norm/scale"):
-    checkpoint_formats.restore_initial(ckpt, TINY, train_target(TINY))
+    restore.restore_state(ckpt, TINY, train_target(TINY))
   write_legacy(str(tmp_path / "b" / f"checkpoint_{STEP}"), _t5x_state())
   wide = TINY.replace(mlp_dim=256)
   with pytest.raises(ParamMismatchError, match="has shape .* but the model config expects .*"
                                                "another model size"):
-    checkpoint_formats.restore_initial(str(tmp_path / "b"), wide, train_target(wide))  # a MODEL_DIR
+    restore.restore_state(str(tmp_path / "b"), wide, train_target(wide))  # a MODEL_DIR
 
 
 def test_tensorflow_checkpoint_is_named(tmp_path):
@@ -237,7 +236,7 @@ def test_tensorflow_checkpoint_is_named(tmp_path):
   ckpt.mkdir()
   (ckpt / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-1000000"\n')
   with pytest.raises(t5x_import.T5XCheckpointError, match="TensorFlow \\(Mesh TensorFlow\\)"):
-    checkpoint_formats.restore_initial(str(ckpt), TINY, train_target(TINY))
+    restore.restore_state(str(ckpt), TINY, train_target(TINY))
 
 
 def test_gcs_needs_credentials(tmp_path, monkeypatch):
@@ -248,7 +247,7 @@ def test_gcs_needs_credentials(tmp_path, monkeypatch):
   path = "gs://t5-data/pretrained_models/t5x/mt5_base/checkpoint_1000000"
   with pytest.raises(t5x_import.T5XCheckpointError,
                      match="needs Google Cloud credentials.*gcloud auth application-default login"):
-    checkpoint_formats.restore_initial(path, TINY, train_target(TINY))
+    restore.restore_state(path, TINY, train_target(TINY))
   key = tmp_path / "key.json"
   key.write_text("{}")
   monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
@@ -267,13 +266,13 @@ sys.path.insert(0, {tests!r})
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from interop_testlib import TINY, train_target
-from xmtf_pipeline.interop import checkpoint_formats
+from xmtf_pipeline.interop import restore
 mesh = Mesh(np.array(jax.devices()), ("model",))
 def shard(x):
   split = x.ndim >= 1 and x.shape[0] % 2 == 0
   return jax.device_put(x, NamedSharding(mesh, P("model") if split else P()))
 target = jax.tree_util.tree_map(shard, train_target(TINY))
-restored = checkpoint_formats.restore_initial({ckpt!r}, TINY, target)
+restored = restore.restore_state({ckpt!r}, TINY, target)
 for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(target)):
   assert a.sharding == b.sharding, (a.sharding, b.sharding)
 emb = restored["target"]["token_embedder"]["embedding"]

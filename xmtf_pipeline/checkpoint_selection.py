@@ -94,6 +94,7 @@ def select(model_dir: str, suite: str, model: Any, vocabulary: Any, metric: str 
   checkpoints are restored onto and scored on."""
   from tasks import heldout
   from xmtf_pipeline import evaluation
+  from xmtf_pipeline.interop import restore
   from xmtf_pipeline.partitioning import Partitioner
 
   if metric not in METRICS:
@@ -127,7 +128,7 @@ def select(model_dir: str, suite: str, model: Any, vocabulary: Any, metric: str 
     else:
       log(f"checkpoint_{step}: evaluating {len(entries)} prompts of {suite!r} on "
           f"{partitioner.describe()}")
-      params = evaluation.load_params(os.path.join(model_dir, f"checkpoint_{step}"), model.config,
+      params = restore.restore_params(os.path.join(model_dir, f"checkpoint_{step}"), model.config,
                                       partitioner)
       scores[step] = hook(params, step)
   best = max(scores, key=lambda s: (scores[s], -s))  # ties: the earlier checkpoint
@@ -160,13 +161,13 @@ def select(model_dir: str, suite: str, model: Any, vocabulary: Any, metric: str 
 def _model_and_vocab(args: argparse.Namespace):
   """The model config (--model, else MODEL_DIR/config.gin) and the run's vocabulary."""
   from xmtf_pipeline import gin_config, models
-  from xmtf_pipeline.interop import hf_export
+  from xmtf_pipeline.interop import run_config
 
-  run = hf_export.read_run_config(args.model_dir)
+  run = run_config.read_run_config(args.model_dir)
   if args.model:
     config = gin_config.load_model_config(args.model, args.gin_bindings)
   else:
-    config = hf_export.model_config_from_run(run)
+    config = run_config.model_config_from_run(run)
     if config is None:
       raise SelectionError(f"{args.model_dir} has no config.gin naming the model; pass --model.")
     config = config.replace(dropout_rate=0.0)
@@ -174,8 +175,8 @@ def _model_and_vocab(args: argparse.Namespace):
 
   from tasks import vocab as vocab_lib
   try:
-    path, extra, _ = hf_export.resolve_spm(args.spm_model, run, args.model_dir)
-  except hf_export.HFExportError as e:
+    path, extra, _ = run_config.resolve_spm(args.spm_model, run, args.model_dir)
+  except run_config.RunConfigError as e:
     raise SelectionError(str(e)) from None
   if extra is None:
     extra = vocab_lib.mt5_vocabulary_config(path)[1]

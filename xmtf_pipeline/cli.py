@@ -26,10 +26,10 @@ def _params(args: argparse.Namespace) -> int:
 def _conversion_errors():
   """Errors of the checkpoint converters that are the user's input, not a bug."""
   from xmtf_pipeline.checkpoints import CheckpointError
-  from xmtf_pipeline.interop.hf_export import HFExportError
   from xmtf_pipeline.interop.hf_import import HFImportError
+  from xmtf_pipeline.interop.run_config import RunConfigError  # HFExportError is one
   from xmtf_pipeline.interop.safetensors_io import SafetensorsError
-  return (CheckpointError, HFExportError, HFImportError, SafetensorsError, FileExistsError)
+  return (CheckpointError, RunConfigError, HFImportError, SafetensorsError, FileExistsError)
 
 
 def _export_hf(args: argparse.Namespace) -> int:

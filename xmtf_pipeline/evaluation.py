@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xmtf_pipeline import checkpoint_contents, eval_report, models
+from xmtf_pipeline import eval_report, models
 from xmtf_pipeline import params as params_lib
+from xmtf_pipeline.interop import restore
 from xmtf_pipeline.network import T5Config
 from xmtf_pipeline.rank_classification import (
   RankClassificationError,
@@ -148,95 +149,6 @@ def check_model_parallel(partitioner: Any, config: T5Config) -> None:
     raise EvalError(
         f"NUM_PARTITIONS={mp} does not divide the model's {config.num_heads} attention heads; "
         f"choose a model-parallel size that divides {config.num_heads} and the device count.")
-
-
-def load_params(checkpoint_path: str, config: T5Config, partitioner: Any = None) -> Any:
-  """Parameters of a checkpoint, checked against ``config`` before any data is read.
-
-  Accepts an HF MT5 folder, our ``MODEL_DIR`` (newest) or ``MODEL_DIR/checkpoint_N``,
-  and native T5X checkpoints (through checkpoint_formats.restore_initial). A checkpoint of
-  another size or vocabulary fails naming the first mismatching parameter. Files hold
-  per-layer parameters; a scanned ``config`` gets them stacked. With a ``partitioner``
-  each array is restored straight into its sharding on the partitioner's mesh (a
-  model-parallel weight is never whole on one device).
-  """
-  from xmtf_pipeline import layer_stacking
-
-  disk = config.replace(scan_layers=False)
-  params = _load_per_layer_params(checkpoint_path, disk, partitioner)
-  if not config.scan_layers:
-    return params
-  if partitioner is None:
-    return layer_stacking.stack(params, disk)
-  shardings = partitioner.param_shardings(params_lib.abstract_variables(config)["params"])
-  return partitioner.partition(lambda p: layer_stacking.stack(p, disk),
-                               partitioner.param_shardings(
-                                   params_lib.abstract_variables(disk)["params"]),
-                               shardings)(params)
-
-
-def _load_per_layer_params(checkpoint_path: str, config: T5Config, partitioner: Any) -> Any:
-  from xmtf_pipeline import checkpoints
-  from xmtf_pipeline.adafactor import Adafactor
-  from xmtf_pipeline.interop import checkpoint_formats, hf_import
-  from xmtf_pipeline.trainer import TrainState
-
-  if not checkpoint_path.startswith("gs://") and not os.path.exists(checkpoint_path):
-    raise EvalError(f"CHECKPOINT_PATH {checkpoint_path} does not exist.")
-  if hf_import.is_hf_dir(checkpoint_path):
-    _, flat = hf_import.load(checkpoint_path, config)
-    if partitioner is None:
-      params = params_lib.unflatten({k: jnp.asarray(v) for k, v in flat.items()})
-    else:  # from host memory straight to each array's shards
-      params = jax.device_put(params_lib.unflatten(dict(flat)), partitioner.param_shardings(
-          params_lib.abstract_variables(config)["params"]))
-    bad = first_nonfinite_param(params)
-    if bad is not None:
-      from xmtf_pipeline.interop import hf_mapping
-      raise checkpoints.CheckpointError(
-          f"{checkpoint_path} holds NaN/Inf values (first in {hf_mapping.to_hf_name(bad)[0]}, "
-          f"our {bad}): the model diverged or its weights are damaged; use a finite one.")
-    return params
-  if partitioner is None:
-    abstract = jax.eval_shape(lambda: TrainState.create(
-        params_lib.init_params(config, jax.random.PRNGKey(0)), Adafactor()).state_dict())
-  else:  # sharded ShapeDtypeStructs: orbax and TensorStore read each shard where it lives
-    from xmtf_pipeline import trainer
-    abstract = trainer.abstract_state(config, Adafactor(), partitioner)
-  try:
-    state = checkpoint_formats.restore_initial(checkpoint_path, config, abstract, params_only=True)
-  except params_lib.ParamMismatchError as e:  # restore_initial names the training flag
-    raise params_lib.ParamMismatchError(
-        str(e).replace("INITIAL_CHECKPOINT_PATH", "CHECKPOINT_PATH")) from None
-  params = state["target"]
-  if partitioner is None:
-    params = jax.tree_util.tree_map(jnp.asarray, params)
-  bad = first_nonfinite_param(params)
-  if bad is not None:
-    raise _nonfinite_checkpoint_error(checkpoint_path, "target/" + bad)
-  step = int(jax.device_get(state["state"]["step"]))
-  print(f"Loaded the parameters of {checkpoint_path} (train step {step}).", flush=True)
-  return params
-
-
-def first_nonfinite_param(params: Any) -> str | None:
-  """The first parameter (by name) holding NaN or Inf, or None (one bool per array is fetched)."""
-  from xmtf_pipeline import trainer
-  return next(iter(trainer.nonfinite_leaves(params)), None)
-
-
-def _nonfinite_checkpoint_error(checkpoint_path: str, array: str) -> Exception:
-  """checkpoint_formats' one line, naming the checkpoint_N folder actually read (a MODEL_DIR
-  means its newest) and the last finite checkpoint beside it."""
-  from xmtf_pipeline import checkpoints
-  from xmtf_pipeline.interop import checkpoint_formats, t5x_import
-
-  step_dir = t5x_import.detect_layout(checkpoint_path)[1].path
-  if step_dir.startswith("gs://"):  # no listing of earlier checkpoints there
-    return checkpoints.CheckpointError(
-        f"Checkpoint {step_dir} holds NaN/Inf values (first in {array}): the run diverged "
-        "before it was saved; use an earlier checkpoint.")
-  return checkpoint_formats.nonfinite_error(step_dir, array, "use")
 
 
 def evaluate_suite(model: models.EncoderDecoderModel, params: Any, vocabulary: Any,
@@ -418,7 +330,7 @@ def evaluate(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_
   check_model_parallel(partitioner, model.config)
   print(f"Evaluating {checkpoint_path} on {len(entries)} (dataset, config, prompt) entries "
         f"of {suite!r} on {partitioner.describe()}; results in {output_dir}", flush=True)
-  params = load_params(checkpoint_path, model.config, partitioner)
+  params = restore.restore_params(checkpoint_path, model.config, partitioner)
   t0 = time.time()
   scorer = RankScorer(model.module, params, batch_size, partitioner=partitioner)
   results = evaluate_suite(model, params, vocabulary, entries, data_dir, max_examples, batch_size,
@@ -499,7 +411,7 @@ def _eval_plain_flags():
       PlainFlag("--suite", "MIXTURE_OR_TASK_NAME",
                 "heldout, heldout_l1, heldout_bundled, dataset(s) or task(s), comma-separated"),
       PlainFlag("--data_dir", "DATA_DIR", "local rows (default: HF hub/cache)"),
-      PlainFlag("--spm_model", checkpoint_contents.VOCAB_PATH_BINDING,
+      PlainFlag("--spm_model", restore.VOCAB_PATH_BINDING,
                 "SentencePiece model (default: the checkpoint's own, else mT5's)"),
       PlainFlag("--batch_size", "BATCH_SIZE", "prompts per batch (default 32)", int),
       PlainFlag("--max_examples", "EVALUATOR_NUM_EXAMPLES",
@@ -545,7 +457,7 @@ def main(argv: list[str] | None = None, prog: str = "xmtf eval",
   # --help has printed and exited above, without TensorFlow; tasks (seqio) brings it.
   from tasks import vocab as vocab_lib
   from tasks.heldout import HeldOutError
-  errors = (gin_config.GinConfigError, EvalError, checkpoint_contents.CheckpointContentsError,
+  errors = (gin_config.GinConfigError, EvalError, restore.CheckpointContentsError,
             HeldOutError, RankClassificationError,
             checkpoints.CheckpointError, hf_import.HFImportError, params_lib.ParamMismatchError,
             distributed.DistributedError, PartitioningError, FileNotFoundError, ValueError)
@@ -566,13 +478,13 @@ def main(argv: list[str] | None = None, prog: str = "xmtf eval",
     if not _macro_set("MODEL_CONFIG") and checkpoint_path:
       # Before the model config is looked for beside it: a mistyped path would otherwise be
       # answered by a request for --model. (With a model given, the entry checks the suite and
-      # the settings first, then load_params says the same.)
+      # the settings first, then restore_params says the same.)
       if "://" not in checkpoint_path and not os.path.exists(checkpoint_path):
         raise EvalError(f"CHECKPOINT_PATH {checkpoint_path} does not exist; check --checkpoint.")
-      checkpoint_contents.bind_model_config(checkpoint_path)
+      restore.bind_model_config(checkpoint_path)
     gin_config.check_macros()
     run = gin_config.get_configurable(entry or evaluate)
-    print(checkpoint_contents.choose_vocabulary(checkpoint_path), flush=True)
+    print(restore.choose_vocabulary(checkpoint_path), flush=True)
     run(**({"overwrite": True} if args.overwrite else {}))  # else gin's value (default False)
   except errors as e:
     # gin appends "In call to configurable ..." to errors raised inside a configurable.

@@ -27,8 +27,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from xmtf_pipeline import checkpoint_contents, decoding, evaluation, models
+from xmtf_pipeline import decoding, evaluation, models
 from xmtf_pipeline import rank_classification as rc
+from xmtf_pipeline.interop import restore
 from xmtf_pipeline.rank_classification import _bucket
 
 MODES = ("predict", "score")
@@ -248,7 +249,7 @@ def infer(*, model: models.EncoderDecoderModel, checkpoint_path: str, output_dir
     predictor = Predictor(model, None, lengths["targets"], decoding_method, beam_size, alpha,
                           temperature, top_k, top_p, seed, partitioner)
   if params is None:
-    params = evaluation.load_params(checkpoint_path, model.config, partitioner)
+    params = restore.restore_params(checkpoint_path, model.config, partitioner)
   counts = rc.TruncationCounts()
   t0 = time.time()
   if mode == "predict":
@@ -384,7 +385,7 @@ def _infer_plain_flags():
       PlainFlag("--task", "MIXTURE_OR_TASK_NAME", "a registered SeqIO task instead of a file"),
       PlainFlag("--mode", "INFER_MODE", "predict or score"),
       PlainFlag("--decoding", "DECODING", "greedy, beam or sample"),
-      PlainFlag("--spm_model", checkpoint_contents.VOCAB_PATH_BINDING,
+      PlainFlag("--spm_model", restore.VOCAB_PATH_BINDING,
                 "SentencePiece model (default: the checkpoint's own, else mT5's)"),
       PlainFlag("--batch_size", "BATCH_SIZE", "rows per batch (default 32)", int),
       PlainFlag("--max_examples", "INFER_NUM_EXAMPLES", "rows to read (default: all)", int),

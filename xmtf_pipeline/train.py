@@ -34,7 +34,7 @@ from xmtf_pipeline import (
   trainer,
 )
 from xmtf_pipeline.adafactor import Adafactor
-from xmtf_pipeline.interop import checkpoint_formats
+from xmtf_pipeline.interop import restore
 from xmtf_pipeline.partitioning import Partitioner
 from xmtf_pipeline.run_logging import RunLogger
 
@@ -368,7 +368,7 @@ def _restore_or_init(model, optimizer, ckpt, checkpoint_cfg, random_seed, train_
   data_state = {"batches": 0, "random_seed": seed,
                 "data_seed": int(train_cfg.seed) if train_cfg.seed is not None else seed}
   if checkpoint_cfg.restore_path:
-    state_dict = checkpoint_formats.restore_initial(checkpoint_cfg.restore_path, disk.config,
+    state_dict = restore.restore_state(checkpoint_cfg.restore_path, disk.config,
                                              disk.target(state.state_dict()))
     _refuse_nonfinite(state_dict, checkpoint_cfg.restore_path,
                       "set INITIAL_CHECKPOINT_PATH to")
@@ -381,7 +381,7 @@ def _refuse_nonfinite(state_dict: Any, path: str, verb: str) -> None:
   """A restored state with NaN/Inf stops the start (it would only die at its first step)."""
   bad = trainer.nonfinite_leaves(state_dict)
   if bad:
-    raise checkpoint_formats.nonfinite_error(path, bad[0], verb)
+    raise restore.nonfinite_error(path, bad[0], verb)
 
 
 class DiskLayout:

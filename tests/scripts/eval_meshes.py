@@ -16,7 +16,8 @@ import sys
 import jax
 
 from tasks import heldout, vocab
-from xmtf_pipeline import cli, evaluation, gin_config
+from xmtf_pipeline import cli, gin_config
+from xmtf_pipeline.interop import restore
 from xmtf_pipeline.partitioning import Partitioner
 
 
@@ -61,7 +62,7 @@ def main():
   # Restored straight into the planned shardings: no whole copy of a model-parallel weight.
   partitioner = Partitioner(num_partitions=4)
   config = gin_config.load_model_config("mt5_tiny")
-  params = evaluation.load_params(checkpoint, config, partitioner)
+  params = restore.restore_params(checkpoint, config, partitioner)
   from xmtf_pipeline import params as params_lib
   planned = params_lib.flatten(partitioner.param_shardings(
       params_lib.abstract_variables(config)["params"]))

@@ -2,7 +2,7 @@
 
 Two consumers: ``xmtf import-hf`` (writes a native T5X checkpoint, one array
 at a time) and INITIAL_CHECKPOINT_PATH pointing straight at an HF directory
-(via ``checkpoint_formats.restore_initial``). Both read the same way:
+(via ``restore.restore_state``). Both read the same way:
 ``config.json`` is validated first (MT5 / T5.1.1 gated-GELU with an untied
 head only), then each weight file is opened and its tensors are converted and
 shape-checked one after another (a transposed tensor is read in row blocks
@@ -378,7 +378,7 @@ def import_hf(hf_dir: str, output_dir: str, overwrite: bool = False,
   T5X's legacy layout (msgpack + TensorStore), because it can be written one
   array at a time: converting mt5-xxl holds one tensor in memory, where an
   orbax save would buffer the whole model (measured: ~3x the model). T5X reads
-  it, and so does INITIAL_CHECKPOINT_PATH (``checkpoint_formats.restore_initial``) and
+  it, and so does INITIAL_CHECKPOINT_PATH (``restore.restore_state``) and
   ``xmtf export-hf``; it is an initial checkpoint, not a MODEL_DIR to resume.
   It holds the parameters and a zero Adafactor state at ``step`` (default 0),
   plus ``config.gin`` with the architecture and ``spiece.model`` (with its
