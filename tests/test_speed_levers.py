@@ -318,10 +318,10 @@ def test_scanned_run_saves_per_layer_checkpoints_and_resumes_unscanned(tmp_path)
   assert run(True, 6).last_loss is not None  # unscanned -> scanned
   tmp_path = plain_dir
   run(False, 6)
-  restore = [checkpoints.Checkpointer(str(d)) for d in (scanned_dir, plain_dir)]
+  checkpointers = [checkpoints.Checkpointer(str(d)) for d in (scanned_dir, plain_dir)]
   target = trainer.TrainState.create(params.init_params(tiny, jax.random.PRNGKey(0)),
                                      OPT).state_dict()
-  got, want = (c.restore_latest(target) for c in restore)
+  got, want = (c.restore_latest(target) for c in checkpointers)
   assert got[0] == want[0] == 6
   _assert_trees_close(got[1]["target"], want[1]["target"], 1e-5)
   # Evaluation and inference load a checkpoint into a scanned model stacked.
