@@ -89,15 +89,20 @@ def test_every_mesh_gives_one_devices_results(meshes, mp):
     np.testing.assert_allclose(a[key]["scores"], b[key]["scores"], rtol=1e-6, atol=1e-5)
 
 
-def test_parameters_are_restored_into_their_planned_shardings(meshes):
+@pytest.mark.parametrize("fmt", ["ours", "hf", "t5x-legacy"])
+def test_parameters_are_restored_into_their_planned_shardings(meshes, fmt):
   _, _, report = meshes
-  shardings = report["shardings"]
+  assert report["formats"][fmt] == fmt  # restore.detect tells the three apart
+  shardings = report["shardings"][fmt]
   assert all(s["spec"] == s["planned"] for s in shardings.values()), shardings
   split = {n: s for n, s in shardings.items() if "'model'" in s["planned"]}
   assert split, "the tiny model has model-parallel weights"
   for name, s in split.items():  # each device holds its slice, never the whole weight
     assert s["shard_shape"] != s["shape"] and np.prod(s["shard_shape"]) * 4 == np.prod(
         s["shape"]), (name, s)
+  ours = report["shardings"]["ours"]  # the same weights, whichever format carried them
+  for name, s in shardings.items():
+    assert s["sum"] == pytest.approx(ours[name]["sum"], rel=1e-6, abs=1e-6), name
 
 
 @pytest.mark.parametrize("mp,wanted", [

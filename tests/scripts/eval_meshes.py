@@ -14,6 +14,7 @@ import shutil
 import sys
 
 import jax
+import numpy as np
 
 from tasks import heldout, vocab
 from xmtf_pipeline import cli, gin_config
@@ -43,7 +44,8 @@ def infer(checkpoint, out_dir, prompts, decoding, *extra):
 
 def main():
   checkpoint, root, suite, rows, prompts = sys.argv[1:6]
-  report = {"devices": jax.device_count(), "runs": {}, "bad": {}, "shardings": {}}
+  report = {"devices": jax.device_count(), "runs": {}, "bad": {}, "shardings": {},
+            "formats": {}}
   for mp in (1, 2, 4):
     rc, err = _eval(checkpoint, f"{root}/mp{mp}", suite, rows, f"--gin.NUM_PARTITIONS={mp}")
     report["runs"][mp] = {"rc": rc, "stderr": err[-2000:]}
@@ -59,19 +61,26 @@ def main():
   for mp in (3, 8):  # 3 does not divide 8 devices; 8 does not divide the tiny model's 4 heads
     report["bad"][mp] = _eval(checkpoint, f"{root}/bad{mp}", suite, rows,
                               f"--gin.NUM_PARTITIONS={mp}")
-  # Restored straight into the planned shardings: no whole copy of a model-parallel weight.
+  # Restored straight into the planned shardings, whatever the format (ours, its HF export, that
+  # imported back as T5X legacy): no whole copy of a model-parallel weight.
+  from xmtf_pipeline import params as params_lib
   partitioner = Partitioner(num_partitions=4)
   config = gin_config.load_model_config("mt5_tiny")
-  params = restore.restore_params(checkpoint, config, partitioner)
-  from xmtf_pipeline import params as params_lib
   planned = params_lib.flatten(partitioner.param_shardings(
       params_lib.abstract_variables(config)["params"]))
-  for name, array in params_lib.flatten(params).items():
-    report["shardings"][name] = {
+  assert cli.main(["export-hf", "--checkpoint_dir", checkpoint, "--output_dir", f"{root}/hf",
+                   "--spm_model", str(vocab.SAMPLE_SPM)]) == 0
+  assert cli.main(["import-hf", "--hf_dir", f"{root}/hf", "--output_dir", f"{root}/t5x"]) == 0
+  for fmt, path in (("ours", checkpoint), ("hf", f"{root}/hf"), ("t5x-legacy", f"{root}/t5x")):
+    report["formats"][fmt] = restore.detect(path).format
+    params = restore.restore_params(path, config, partitioner)
+    report["shardings"][fmt] = {name: {
         "spec": str(array.sharding.spec), "planned": str(planned[name].spec),
         "shape": list(array.shape),
         "shard_shape": list(array.addressable_shards[0].data.shape),
-        "devices": len(array.sharding.device_set)}
+        "devices": len(array.sharding.device_set),
+        "sum": float(np.asarray(array, np.float64).sum())}
+        for name, array in params_lib.flatten(params).items()}
   print("JSON:" + json.dumps(report))
 
 

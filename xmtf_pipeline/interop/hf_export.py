@@ -35,7 +35,7 @@ from xmtf_pipeline.interop.output_dir import (
   finish_output_dir,
   prepare_output_dir,
 )
-from xmtf_pipeline.interop.t5x_import import CheckpointReader, T5XCheckpointError, open_checkpoint
+from xmtf_pipeline.interop.t5x_import import CheckpointReader
 from xmtf_pipeline.network import T5Config
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -356,13 +356,7 @@ def export(checkpoint_dir: str, output_dir: str, dtype: str = "float32", overwri
   """
   if dtype not in DTYPES:
     raise HFExportError(f"--dtype {dtype!r}: choose float32 or bfloat16.")
-  try:
-    reader = open_checkpoint(checkpoint_dir)
-  except T5XCheckpointError as e:
-    array = re.search(r"array (\S+) cannot be opened", str(e))
-    if not array:
-      raise
-    raise restore.damaged(checkpoint_dir, e.__cause__ or e, array[1]) from None
+  reader = restore.open_reader(checkpoint_dir)
   ckpt = reader.path
   model_dir = os.path.dirname(ckpt)
   run = run_config.read_run_config(model_dir)

@@ -287,18 +287,20 @@ def load(hf_dir: str, config: T5Config | None = None) -> tuple[T5Config, dict[st
   return hf_config, dict(iter_params(hf_dir, hf_config))
 
 
-def restore_state(path: str, config: T5Config, target: Any) -> dict[str, Any]:
-  """INITIAL_CHECKPOINT_PATH hook for an HF directory.
+def restore_state(path: str, config: T5Config, target: Any, source: str | None = None,
+                  params_only: bool = False) -> dict[str, Any]:
+  """An HF directory as a train state shaped like ``target`` (restore.restore_state's HF format).
 
-  Params come from the HF weights; Adafactor starts from zero accumulators at
-  step 0 (HF checkpoints have no optimizer state), shaped like ``target``'s.
+  Params come from the HF weights, one array at a time from the host to ``target``'s shardings;
+  Adafactor starts from zero accumulators at step 0 (HF checkpoints have no optimizer state),
+  shaped like ``target``'s; ``params_only``: the parameters and the step 0 only.
   """
   import jax
   import jax.numpy as jnp
 
   from xmtf_pipeline.interop.t5x_import import is_placed, place_like
 
-  source = f"INITIAL_CHECKPOINT_PATH {path}"
+  source = source or f"INITIAL_CHECKPOINT_PATH {path}"
   hf_config = t5_config_from_hf(read_config(path), os.path.join(path, "config.json"))
   check_same_architecture(hf_config, config, source)
   want = params_lib.flatten(target["target"])
@@ -309,6 +311,9 @@ def restore_state(path: str, config: T5Config, target: Any) -> dict[str, Any]:
       return jnp.zeros(like.shape, like.dtype, device=like.sharding)
     return np.zeros(np.shape(like), np.asarray(like).dtype)
 
+  if params_only:
+    return {"target": params_lib.unflatten(flat),
+            "state": {"step": zeros(target["state"]["step"])}}
   state = jax.tree_util.tree_map(zeros, target["state"])
   print(f"Initialized parameters from Hugging Face weights in {path}; Adafactor starts from "
         "zero accumulators at step 0 (HF checkpoints carry no optimizer state).", flush=True)

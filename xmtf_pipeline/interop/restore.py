@@ -105,50 +105,91 @@ def nonfinite_error(step_dir: str, array: str, verb: str = "use") -> checkpoints
       f"it was saved; {advice}.")
 
 
-def _checkpoint_step_dir(path: str) -> tuple[str, int]:
-  """Accepts MODEL_DIR (newest checkpoint) or MODEL_DIR/checkpoint_N."""
-  path = os.path.abspath(path)
-  if not os.path.exists(path):
-    raise checkpoints.CheckpointError(f"INITIAL_CHECKPOINT_PATH {path} does not exist.")
-  base = os.path.basename(path)
-  if base.startswith(checkpoints.STEP_PREFIX + "_") and base[len(checkpoints.STEP_PREFIX) + 1:].isdigit():
-    return os.path.dirname(path), int(base[len(checkpoints.STEP_PREFIX) + 1:])
-  mngr = checkpoints.manager(path, create=False)
-  latest = mngr.latest_step()
-  if latest is None:
+FORMATS = ("hf", "ours", "t5x-legacy", "t5x-orbax")
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  """A checkpoint path with its format decided, once, by ``detect``.
+
+  ``path`` is the folder the arrays are read from: the HF folder, or the ``checkpoint_<step>``
+  a ``MODEL_DIR`` stands for (its newest); ``flag`` names the setting it came from in messages.
+  """
+  given: str
+  format: str
+  path: str
+  flag: str = "CHECKPOINT_PATH"
+
+  @property
+  def source(self) -> str:
+    return f"{self.flag} {self.given}"
+
+
+def detect(path: str, flag: str = "CHECKPOINT_PATH") -> Checkpoint:
+  """The format of ``path``: an HF MT5 folder, our checkpoint (orbax, written by
+  checkpoints.Checkpointer), or a native T5X one (legacy msgpack + TensorStore, or T5X's orbax;
+  local or gs://). Accepts ``MODEL_DIR`` (its newest ``checkpoint_<step>``) or the step folder."""
+  if "://" not in path:
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+      raise checkpoints.CheckpointError(f"{flag} {path} does not exist.")
+    if hf_import.is_hf_dir(path):
+      return Checkpoint(path, "hf", path, flag)
+  try:
+    layout, location = t5x_import.detect_layout(path)
+  except checkpoints.CheckpointError:
+    if "://" in path:
+      raise
     raise checkpoints.CheckpointError(
-        f"INITIAL_CHECKPOINT_PATH {path} holds no checkpoint_<step> folder; point it at a "
-        "checkpoint directory such as MODEL_DIR/checkpoint_1000.")
-  return path, latest
+        f"{flag} {path} holds no checkpoint_<step> folder (nor a Hugging Face config.json); "
+        "point it at a checkpoint directory such as MODEL_DIR/checkpoint_1000.") from None
+  if layout == "orbax" and not location.is_gcs and t5x_import.is_own_orbax_checkpoint(
+      location.path):
+    return Checkpoint(path, "ours", location.path, flag)
+  return Checkpoint(path, "t5x-legacy" if layout == "t5x-legacy" else "t5x-orbax",
+                    location.path, flag)
 
 
-def restore_state(path: str, config: T5Config, target: Any, params_only: bool = False) -> Any:
-  """The full train state (params, Adafactor state, step) of INITIAL_CHECKPOINT_PATH.
+def open_reader(path: str | Checkpoint) -> t5x_import.CheckpointReader:
+  """Array-at-a-time reading of our or a T5X checkpoint on the host (export-hf streams it: the
+  model is never whole in memory); an array that cannot be opened is ``damaged``'s one line."""
+  ckpt = path if isinstance(path, Checkpoint) else detect(path, "checkpoint")
+  if ckpt.format == "hf":
+    raise checkpoints.CheckpointError(
+        f"{ckpt.path} is already a Hugging Face folder; point at a T5X-format checkpoint "
+        "(MODEL_DIR/checkpoint_<step>).")
+  try:
+    return t5x_import.open_checkpoint(ckpt.path)
+  except t5x_import.T5XCheckpointError as e:
+    array = re.search(r"array (\S+) cannot be opened", str(e))
+    if not array:
+      raise
+    raise damaged(ckpt.path, e.__cause__ or e, array[1]) from None
 
-  Accepts, besides our own checkpoints: a Hugging Face MT5 directory
-  (safetensors or pytorch_model.bin, single or sharded; Adafactor then starts
-  from zero accumulators at step 0, since HF weights carry no optimizer state),
-  and native T5X checkpoints, legacy msgpack + TensorStore or orbax, local or
-  gs:// (their params, Adafactor state and step, as T5X's own restore).
+
+def restore_state(path: str | Checkpoint, config: T5Config, target: Any,
+                  params_only: bool = False) -> Any:
+  """The full train state (params, Adafactor state, step) of any checkpoint, into ``target``'s
+  shardings (a ShapeDtypeStruct or jax.Array tree; each array is read where it lives).
+
+  ``path`` is a string (INITIAL_CHECKPOINT_PATH) or what ``detect`` made of one. Besides our own
+  checkpoints: a Hugging Face MT5 directory (safetensors or pytorch_model.bin, single or sharded;
+  Adafactor then starts from zero accumulators at step 0, since HF weights carry no optimizer
+  state), and native T5X checkpoints, legacy msgpack + TensorStore or orbax, local or gs://
+  (their params, Adafactor state and step, as T5X's own restore).
   The parameter tree is checked against the model config first, so a checkpoint
   of another size fails naming the first mismatching parameter and both shapes.
   ``params_only`` (evaluation, inference, selection): the parameters and the step
   only, whatever optimizer configuration wrote the checkpoint (T5X's factoring settings,
-  momentum): T5X checkpoints' optimizer slots are neither checked nor read, ours are
-  restored as saved and dropped by the caller.
+  momentum); neither ours nor T5X's optimizer slots are read.
   """
-  if hf_import.is_hf_dir(path):
-    return hf_import.restore_state(path, config, target)
-  if path.startswith("gs://"):
-    return t5x_import.restore_state(path, config, target, params_only)
-  try:
-    _, location = t5x_import.detect_layout(path)
-  except checkpoints.CheckpointError:
-    location = None  # not a checkpoint at all: the message below says what is expected
-  if location is not None and not t5x_import.is_own_orbax_checkpoint(location.path):
-    return t5x_import.restore_state(location.path, config, target, params_only)
-  directory, step = _checkpoint_step_dir(path)
-  step_dir = f"{directory}/{checkpoints.STEP_PREFIX}_{step}"
+  ckpt = path if isinstance(path, Checkpoint) else detect(path, "INITIAL_CHECKPOINT_PATH")
+  if ckpt.format == "hf":
+    return hf_import.restore_state(ckpt.path, config, target, ckpt.source, params_only)
+  if ckpt.format != "ours":
+    return t5x_import.restore_state(ckpt.path, config, target, params_only, ckpt.source)
+  step_dir = ckpt.path
+  directory, step = os.path.dirname(step_dir), int(step_dir.rsplit("_", 1)[1])
   mngr = checkpoints.manager(directory, create=False)
   try:
     meta = mngr.item_metadata(step)["state"]
@@ -162,11 +203,11 @@ def restore_state(path: str, config: T5Config, target: Any, params_only: bool = 
   if not isinstance(tree, dict) or "target" not in tree:
     raise checkpoints.CheckpointError(f"{step_dir} has no 'target' parameters.")
   shapes = jax.tree_util.tree_map(lambda m: _Shaped(tuple(m.shape)), dict(tree["target"]))
-  params_lib.check_params(shapes, config, source=f"INITIAL_CHECKPOINT_PATH {path}")
+  params_lib.check_params(shapes, config, source=ckpt.source)
   saved_state = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
                                        dict(tree["state"]), is_leaf=lambda m: hasattr(m, "shape"))
   if not params_only:
-    _check_optimizer_state(saved_state, target["state"], step_dir)
+    _check_optimizer_state(saved_state, target["state"], ckpt)
   try:
     if params_only:
       return _restore_params_and_step(step_dir, target["target"], saved_state)
@@ -198,13 +239,13 @@ def _restore_params_and_step(step_dir: str, params_target: Any, saved_state: Any
       args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
 
 
-def _check_optimizer_state(saved: Any, want: Any, source: str) -> None:
+def _check_optimizer_state(saved: Any, want: Any, ckpt: Checkpoint) -> None:
   saved, want = params_lib.flatten(saved), params_lib.flatten(want)
   for name, like in want.items():
     got = saved.get(name)
     if got is None or tuple(got.shape) != tuple(like.shape):
       raise checkpoints.CheckpointError(
-          f"INITIAL_CHECKPOINT_PATH {source}: state/{name} has shape "
+          f"{ckpt.flag} {ckpt.path}: state/{name} has shape "
           f"{None if got is None else tuple(got.shape)} but the optimizer expects "
           f"{tuple(like.shape)}; the checkpoint was written with another Adafactor "
           "configuration (factored, min_dim_size_to_factor, beta1): use the same one.")
@@ -247,41 +288,23 @@ def _load_per_layer_params(checkpoint_path: str, config: T5Config, partitioner: 
   from xmtf_pipeline.adafactor import Adafactor
   from xmtf_pipeline.trainer import TrainState
 
-  if not checkpoint_path.startswith("gs://") and not os.path.exists(checkpoint_path):
-    raise checkpoints.CheckpointError(f"CHECKPOINT_PATH {checkpoint_path} does not exist.")
-  if hf_import.is_hf_dir(checkpoint_path):
-    _, flat = hf_import.load(checkpoint_path, config)
-    if partitioner is None:
-      params = params_lib.unflatten({k: jnp.asarray(v) for k, v in flat.items()})
-    else:  # from host memory straight to each array's shards
-      params = jax.device_put(params_lib.unflatten(dict(flat)), partitioner.param_shardings(
-          params_lib.abstract_variables(config)["params"]))
-    bad = first_nonfinite_param(params)
-    if bad is not None:
-      from xmtf_pipeline.interop import hf_mapping
-      raise checkpoints.CheckpointError(
-          f"{checkpoint_path} holds NaN/Inf values (first in {hf_mapping.to_hf_name(bad)[0]}, "
-          f"our {bad}): the model diverged or its weights are damaged; use a finite one.")
-    return params
+  ckpt = detect(checkpoint_path, "CHECKPOINT_PATH")
   if partitioner is None:
     abstract = jax.eval_shape(lambda: TrainState.create(
         params_lib.init_params(config, jax.random.PRNGKey(0)), Adafactor()).state_dict())
   else:  # sharded ShapeDtypeStructs: orbax and TensorStore read each shard where it lives
     from xmtf_pipeline import trainer
     abstract = trainer.abstract_state(config, Adafactor(), partitioner)
-  try:
-    state = restore_state(checkpoint_path, config, abstract, params_only=True)
-  except params_lib.ParamMismatchError as e:  # restore_state names the training flag
-    raise params_lib.ParamMismatchError(
-        str(e).replace("INITIAL_CHECKPOINT_PATH", "CHECKPOINT_PATH")) from None
+  state = restore_state(ckpt, config, abstract, params_only=True)
   params = state["target"]
   if partitioner is None:
     params = jax.tree_util.tree_map(jnp.asarray, params)
   bad = first_nonfinite_param(params)
   if bad is not None:
-    raise _nonfinite_checkpoint_error(checkpoint_path, "target/" + bad)
-  step = int(jax.device_get(state["state"]["step"]))
-  print(f"Loaded the parameters of {checkpoint_path} (train step {step}).", flush=True)
+    raise _nonfinite_checkpoint_error(ckpt, bad)
+  if ckpt.format != "hf":
+    step = int(jax.device_get(state["state"]["step"]))
+    print(f"Loaded the parameters of {checkpoint_path} (train step {step}).", flush=True)
   return params
 
 
@@ -291,16 +314,19 @@ def first_nonfinite_param(params: Any) -> str | None:
   return next(iter(trainer.nonfinite_leaves(params)), None)
 
 
-def _nonfinite_checkpoint_error(checkpoint_path: str, array: str) -> Exception:
-  """nonfinite_error's one line, naming the checkpoint_N folder actually read (a MODEL_DIR
-  means its newest) and the last finite checkpoint beside it."""
-
-  step_dir = t5x_import.detect_layout(checkpoint_path)[1].path
-  if step_dir.startswith("gs://"):  # no listing of earlier checkpoints there
+def _nonfinite_checkpoint_error(ckpt: Checkpoint, param: str) -> Exception:
+  """nonfinite_error's one line, naming the folder actually read (a MODEL_DIR means its newest
+  checkpoint_N) and the last finite checkpoint beside it; for HF, the HF name too."""
+  if ckpt.format == "hf":
+    from xmtf_pipeline.interop import hf_mapping
     return checkpoints.CheckpointError(
-        f"Checkpoint {step_dir} holds NaN/Inf values (first in {array}): the run diverged "
-        "before it was saved; use an earlier checkpoint.")
-  return nonfinite_error(step_dir, array, "use")
+        f"{ckpt.path} holds NaN/Inf values (first in {hf_mapping.to_hf_name(param)[0]}, "
+        f"our {param}): the model diverged or its weights are damaged; use a finite one.")
+  if "://" in ckpt.path:  # no listing of earlier checkpoints there
+    return checkpoints.CheckpointError(
+        f"Checkpoint {ckpt.path} holds NaN/Inf values (first in target/{param}): the run "
+        "diverged before it was saved; use an earlier checkpoint.")
+  return nonfinite_error(ckpt.path, "target/" + param, "use")
 
 
 # --------------------------------------------------------------------------- what a checkpoint brings with it

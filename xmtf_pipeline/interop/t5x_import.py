@@ -440,12 +440,12 @@ def state_from_reader(reader: CheckpointReader, config: T5Config, target: Any,
   return params_lib.unflatten(out)
 
 
-def restore_state(path: str, config: T5Config, target: Any,
-                  params_only: bool = False) -> dict[str, Any]:
-  """INITIAL_CHECKPOINT_PATH hook for native T5X checkpoints: params, Adafactor state, step
-  (``params_only``: params and step; see state_from_reader)."""
+def restore_state(path: str, config: T5Config, target: Any, params_only: bool = False,
+                  source: str | None = None) -> dict[str, Any]:
+  """A native T5X checkpoint as a train state (restore.restore_state's T5X formats): params,
+  Adafactor state, step (``params_only``: params and step; see state_from_reader)."""
   reader = open_checkpoint(path)
-  state = state_from_reader(reader, config, target, f"INITIAL_CHECKPOINT_PATH {path}",
+  state = state_from_reader(reader, config, target, source or f"INITIAL_CHECKPOINT_PATH {path}",
                             params_only)
   what = "parameters" if params_only else "parameters, Adafactor state"
   print(f"Restored {reader.layout} checkpoint {reader.path}: {what} and "
