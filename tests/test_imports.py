@@ -7,7 +7,8 @@ still a circle for a reader. Layers, from the foundation up (README "Layout"):
   model                   axes, layers, network, params, layer_stacking
   engine                  losses, adafactor, schedules, models, trainer, partitioning, distributed,
                           input_pipeline, checkpoints, gin_config, flags, run_logging, decoding,
-                          rank_classification, generation_metrics, tensorflow_import, run_lock
+                          rank_classification, generation_metrics, tensorflow_import, run_lock,
+                          rounding
   interop/                HF and T5X checkpoints, safetensors, any-format restore
   jobs                    train, evaluation, inference, eval_report, checkpoint_selection
   tools/                  bench, plan, data inspection, HLO audit, demo
@@ -27,7 +28,8 @@ PACKAGES = ("xmtf_pipeline", "tasks")
 MODEL = {"axes", "layers", "network", "params", "layer_stacking"}
 ENGINE = {"losses", "adafactor", "schedules", "models", "trainer", "partitioning", "distributed",
           "input_pipeline", "checkpoints", "gin_config", "flags", "run_logging", "decoding",
-          "rank_classification", "generation_metrics", "tensorflow_import", "run_lock"}
+          "rank_classification", "generation_metrics", "tensorflow_import", "run_lock",
+          "rounding"}
 JOBS = {"train", "evaluation", "inference", "eval_report", "checkpoint_selection"}
 LAYERS = ("tasks", "model", "engine", "interop", "jobs", "tools", "cli")
 

@@ -68,21 +68,28 @@ def _wait_for(path: Path, proc, timeout=120):
     time.sleep(0.05)
 
 
-def test_kill_9_and_resume_is_bitwise_identical(tmp_path, capsys):
+# Issue 28's storage lever: bf16 parameters, stochastically rounded with keys from the seed.
+LEAN = {"adafactor.Adafactor.param_dtype": "'bfloat16'",
+        "adafactor.Adafactor.stochastic_rounding": "True"}
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["default", "bf16-stochastic-rounding"])
+def test_kill_9_and_resume_is_bitwise_identical(tmp_path, capsys, lean):
   steps = 30
+  options = LEAN if lean else {}
   # Only the killed run needs a process of its own. The uninterrupted reference and the resumed
   # run (a plain restart, nothing is sent to it) run here, through the same entry point and flags.
-  assert train_lib.main(_flags(tmp_path / "ref", steps)) == 0
+  assert train_lib.main(_flags(tmp_path / "ref", steps, **options)) == 0
 
   rng = np.random.default_rng()
   delay = float(rng.uniform(0.0, 1.0))
-  run = _spawn(tmp_path / "run", steps)
+  run = _spawn(tmp_path / "run", steps, **options)
   _wait_for(tmp_path / "run" / "checkpoint_5", run)
   time.sleep(delay)  # then kill -9 wherever it is: mid-step, mid-save, ...
   run.send_signal(signal.SIGKILL)
   run.communicate(timeout=60)
   capsys.readouterr()
-  assert train_lib.main(_flags(tmp_path / "run", steps)) == 0
+  assert train_lib.main(_flags(tmp_path / "run", steps, **options)) == 0
   out = capsys.readouterr().out
   assert "Restored checkpoint_" in out, out
 
@@ -93,6 +100,10 @@ def test_kill_9_and_resume_is_bitwise_identical(tmp_path, capsys):
     np.testing.assert_array_equal(got[path], want[path], err_msg=f"{path} (delay {delay:.2f}s)")
   for a, b in zip(jax.tree_util.tree_leaves(got_state), jax.tree_util.tree_leaves(want_state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  from xmtf_pipeline.interop import restore
+  stored = restore.open_reader(str(tmp_path / "run" / f"checkpoint_{steps}"))
+  dtype = np.asarray(stored.read("target/encoder/layers_0/mlp/wi_0/kernel")).dtype
+  assert dtype == (np.dtype("bfloat16") if lean else np.float32), dtype
 
 
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path, capsys):

@@ -16,6 +16,12 @@ row means and the update clipping are all computed within each layer's slice, so
 stacked parameter's update equals the per-layer updates exactly. (T5X's own scanned
 models factor by logical rules instead, which differ from the heuristic on square
 kernels; keeping the heuristic keeps scanned and unscanned training identical.)
+
+Memory levers (not T5X's; off by default, so the T5X-faithful path is unchanged):
+``param_dtype="bfloat16"`` stores the parameters in bfloat16 (half the bytes), and
+``stochastic_rounding`` rounds each updated parameter to it at random (rounding.py) instead of
+to nearest. Adafactor's arithmetic stays float32 either way: the parameter is read as float32,
+updated, and only then stored.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from xmtf_pipeline import rounding
 
 PyTree = Any
 SLOTS = ("v_row", "v_col", "v", "m")
@@ -59,9 +67,21 @@ class Adafactor:
   epsilon2: float = 1e-3
   max_parameter_scale: float | None = None
   skip_nan_updates: bool = False
+  # Storage of the parameters (module docstring): float32 (T5X) or bfloat16.
+  param_dtype: str = "float32"
+  stochastic_rounding: bool = False
   # Leading stacked-layer axes per parameter path (see ``for_logical_axes``); not a
   # hyper-parameter, derived from the model.
   batch_dims: Mapping[str, int] | None = dataclasses.field(default=None, compare=False)
+
+  def __post_init__(self):
+    if self.param_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"Adafactor.param_dtype must be float32 or bfloat16, got "
+                       f"{self.param_dtype!r}.")
+
+  def store(self, params: PyTree) -> PyTree:
+    """Parameters in the storage dtype (round-to-nearest: for initial values, not updates)."""
+    return jax.tree_util.tree_map(lambda p: jnp.asarray(p, self.param_dtype), params)
 
   def for_logical_axes(self, logical_axes: Mapping[str, tuple[str | None, ...]]) -> Adafactor:
     """A copy that treats each parameter's leading ``layers`` axes as batch axes."""
@@ -116,13 +136,16 @@ class Adafactor:
     return 1.0 - t ** (-self.decay_rate)
 
   def update_param(self, step: jax.Array, lr: jax.Array, param: jax.Array,
-                   state: dict[str, jax.Array], grad: jax.Array, num_batch: int = 0):
+                   state: dict[str, jax.Array], grad: jax.Array, num_batch: int = 0,
+                   rounding_key: jax.Array | None = None):
     # Means over the non-batch axes, kept as size-1 axes (scalars when num_batch == 0).
     inner = tuple(range(num_batch, param.ndim))
 
     def mean(x, axis=inner):
       return jnp.mean(x, axis=axis, keepdims=True)
 
+    stored_dtype = param.dtype
+    param = param.astype(jnp.float32)  # a no-op for float32 storage (T5X)
     grad = grad.astype(jnp.float32)
     new_state = {k: jnp.zeros((1,), jnp.float32) for k in SLOTS}
     decay_rate = self.decay(step)
@@ -161,17 +184,26 @@ class Adafactor:
     if self.skip_nan_updates:
       new_state = {k: jnp.where(jnp.isnan(new_state[k]), state[k], new_state[k]) for k in SLOTS}
       new_param = jnp.where(jnp.isnan(new_param), param, new_param)
-    return new_param.astype(param.dtype), new_state
+    return rounding.store(new_param, stored_dtype, rounding_key), new_state
 
   def apply_gradient(self, params: PyTree, opt_state: dict[str, Any], grads: PyTree,
-                     lr: jax.Array) -> tuple[PyTree, dict[str, Any]]:
-    """One update of every parameter; ``step`` increments after all of them."""
+                     lr: jax.Array, rounding_rng: jax.Array | None = None
+                     ) -> tuple[PyTree, dict[str, Any]]:
+    """One update of every parameter; ``step`` increments after all of them.
+
+    ``rounding_rng`` (with ``stochastic_rounding``): this step's key; parameter i rounds with
+    ``fold_in(rounding_rng, i)``, so a step's rounding depends on the key and the step only.
+    """
     step = opt_state["step"]
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     grad_leaves = treedef.flatten_up_to(grads)
     state_leaves = treedef.flatten_up_to(opt_state["param_states"])
-    out = [self.update_param(step, lr, p, s, g, self.num_batch_dims(_path_str(kp)))
-           for (kp, p), s, g in zip(path_leaves, state_leaves, grad_leaves)]
+    if self.stochastic_rounding and rounding_rng is None:
+      raise ValueError("Adafactor.stochastic_rounding needs a rounding_rng per step.")
+    keys = [jax.random.fold_in(rounding_rng, i) if self.stochastic_rounding else None
+            for i in range(len(path_leaves))]
+    out = [self.update_param(step, lr, p, s, g, self.num_batch_dims(_path_str(kp)), k)
+           for (kp, p), s, g, k in zip(path_leaves, state_leaves, grad_leaves, keys)]
     new_params = treedef.unflatten([o[0] for o in out])
     new_states = treedef.unflatten([o[1] for o in out])
     return new_params, {"step": step + 1, "param_states": new_states}

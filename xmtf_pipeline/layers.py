@@ -128,7 +128,8 @@ class Embed(nn.Module):
     # gradient is a float32 scatter-add: native atomics on GPUs, where a bf16 one
     # is a compare-and-swap loop that real batches, mostly padding (id 0), contend
     # on one row. bench_embed measures the alternatives.
-    rows = jnp.take(self.embedding, inputs.astype(jnp.int32), axis=0)
+    # A bfloat16-stored table (Adafactor.param_dtype) is read as float32 for the same reason.
+    rows = jnp.take(jnp.asarray(self.embedding, jnp.float32), inputs.astype(jnp.int32), axis=0)
     return jnp.asarray(rows, self.dtype)
 
 
@@ -186,6 +187,7 @@ class RelativePositionBiases(nn.Module):
     # (one nonzero product per output, so the values are the table's exactly) and the
     # result is cast once: the same bias T5X gets from its bf16-cast table.
     one_hot = buckets[None] == jax.lax.broadcasted_iota(jnp.int32, (self.num_buckets, 1, 1), 0)
+    table = jnp.asarray(table, jnp.float32)  # a bfloat16-stored table too (param_dtype)
     values = jax.lax.dot_general(table, one_hot.astype(jnp.float32), (((1,), (0,)), ((), ())),
                                  precision=jax.lax.Precision.HIGHEST,
                                  preferred_element_type=jnp.float32)

@@ -21,6 +21,7 @@ from xmtf_pipeline.models import EncoderDecoderModel
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
+ROUNDING_STREAM = 0x5352  # stochastic rounding's keys: fold_in(fold_in(rng, this), step)
 
 
 @flax.struct.dataclass
@@ -34,6 +35,7 @@ class TrainState:
 
   @classmethod
   def create(cls, params: PyTree, optimizer: Adafactor) -> TrainState:
+    params = optimizer.store(params)
     return cls(params=params, opt_state=optimizer.init(params))
 
   def state_dict(self) -> dict[str, Any]:
@@ -82,7 +84,8 @@ def compute_gradients(model: EncoderDecoderModel, params: PyTree, batch: Batch,
     return (jax.tree_util.tree_map(jnp.add, acc_grads, grads),
             jax.tree_util.tree_map(jnp.add, acc_stats, stats)), None
 
-  zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+  # A float32 accumulator whatever the storage: 128 bfloat16 round-to-nearest sums would drift.
+  zero_grads = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
   stats_shape = jax.eval_shape(lambda: grad_fn(params, jax.tree_util.tree_map(lambda x: x[0], micro),
                                                None, normalizer)[0][1])
   zero_stats = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape)
@@ -103,7 +106,11 @@ def train_step(model: EncoderDecoderModel, optimizer: Adafactor, learning_rate_f
     dropout_rng = jax.random.fold_in(rng, step)
   grads, stats = compute_gradients(model, state.params, batch, dropout_rng, num_microbatches)
   lr = learning_rate_fn(step)
-  params, opt_state = optimizer.apply_gradient(state.params, state.opt_state, grads, lr)
+  rounding_rng = None
+  if optimizer.stochastic_rounding:  # from the run's seed (saved in checkpoints) and the step
+    rounding_rng = jax.random.fold_in(jax.random.fold_in(rng, ROUNDING_STREAM), step)
+  params, opt_state = optimizer.apply_gradient(state.params, state.opt_state, grads, lr,
+                                               rounding_rng)
   stats = dict(stats, learning_rate=lr, nonfinite=~jnp.isfinite(stats["loss"]))
   return TrainState(params=params, opt_state=opt_state), stats
 
@@ -153,7 +160,8 @@ def state_shardings(config, optimizer: Adafactor, partitioner) -> dict[str, Any]
 def abstract_state(config, optimizer: Adafactor, partitioner) -> dict[str, Any]:
   """The train state dict as sharded ``ShapeDtypeStruct``s (a restore target)."""
   boxed = params_lib.abstract_variables(config)["params"]
-  shapes = {"target": nn.unbox(boxed), "state": jax.eval_shape(optimizer.init, nn.unbox(boxed))}
+  target = jax.eval_shape(optimizer.store, nn.unbox(boxed))
+  shapes = {"target": target, "state": jax.eval_shape(optimizer.init, target)}
   shardings = partitioner.state_shardings(boxed, shapes["state"])
   return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                 shapes, shardings)
