@@ -111,6 +111,30 @@ def test_plan_matches_real_sizes_on_one_device():
   assert plan.optimizer_bytes == sum(x.nbytes for x in jax.tree_util.tree_leaves(opt_state))
 
 
+def test_plan_counts_bfloat16_storage_and_the_float32_accumulator():
+  """Issue 28: the formula knows Adafactor.param_dtype (the stored parameters and their
+  gradients) and that microbatch gradients are summed into a float32 accumulator."""
+  import jax
+
+  from xmtf_pipeline import gin_config, params, trainer
+  from xmtf_pipeline.adafactor import Adafactor
+  from xmtf_pipeline.tools import planner
+  config = gin_config.load_model_config("mt5_tiny")
+  lean = Adafactor(param_dtype="bfloat16", stochastic_rounding=True)
+  tree = trainer.TrainState.create(params.init_params(config, jax.random.PRNGKey(0)), lean).params
+  lengths = {"inputs": 64, "targets": 16}
+  one = planner.plan_config(config, Partitioner(), 1, 8, lengths, 1, optimizer=lean)
+  four = planner.plan_config(config, Partitioner(), 1, 8, lengths, 4, optimizer=lean)
+  default = planner.plan_config(config, Partitioner(), 1, 8, lengths, 4)
+  stored = sum(x.nbytes for x in jax.tree_util.tree_leaves(tree))
+  assert all(x.dtype == jax.numpy.bfloat16 for x in jax.tree_util.tree_leaves(tree))
+  assert one.param_bytes == four.param_bytes == stored == default.param_bytes // 2
+  assert one.gradient_bytes == stored and one.accumulator_bytes == 0
+  assert four.accumulator_bytes == 2 * stored and four.gradient_bytes == 3 * stored
+  assert default.gradient_bytes == 2 * default.param_bytes
+  assert "parameters (bf16)" in four.table() and "gradients (bf16 + f32 accumulator)" in four.table()
+
+
 def test_plan_of_a_scanned_model_matches_real_sizes():
   import jax
 

@@ -18,6 +18,7 @@ import dataclasses
 import math
 import textwrap
 
+import jax.numpy as jnp
 import numpy as np
 
 from xmtf_pipeline import gin_config, params
@@ -51,6 +52,8 @@ class Plan:
   remat_activation_bytes: int
   capacity_bytes: int | None
   remat_policy: str = "none"  # the config's; with remat on, the lower bound is the estimate
+  param_dtype: str = "float32"  # Adafactor.param_dtype: the parameters' (and gradients') storage
+  accumulator_bytes: int = 0  # the float32 microbatch accumulator, part of gradient_bytes
   compiled: memory_compile.CompiledMemory | None = None  # XLA's figure, when compiled
   compile_note: str = ""  # why there is no compiled figure, or how it was made
 
@@ -69,8 +72,11 @@ class Plan:
             + self.remat_activation_bytes)
 
   def table(self) -> str:
-    rows = [("parameters (f32)", self.param_bytes), ("Adafactor state (f32)", self.optimizer_bytes),
-            ("gradients (f32, transient)", self.gradient_bytes),
+    short = {"float32": "f32", "bfloat16": "bf16"}[self.param_dtype]
+    grads = (f"gradients ({short} + f32 accumulator)" if self.accumulator_bytes else
+             f"gradients ({short}, transient)")
+    rows = [(f"parameters ({short})", self.param_bytes),
+            ("Adafactor state (f32)", self.optimizer_bytes), (grads, self.gradient_bytes),
             ("activations (estimate, bf16, no remat)", self.activation_bytes),
             ("total (upper bound)", self.total_bytes),
             ("activations with per-layer remat (est.)", self.remat_activation_bytes),
@@ -145,16 +151,19 @@ def shard_shape(shape, logical, rules, mesh: dict[str, int]) -> tuple[int, ...]:
                for d, a in zip(shape, _mesh_axes(logical, rules)))
 
 
-def state_bytes(config: T5Config, partitioner: Partitioner, mesh: dict[str, int]
-                ) -> tuple[int, int]:
-  """Per-device bytes of (parameters, Adafactor state) under the partitioner's rules."""
+def state_bytes(config: T5Config, partitioner: Partitioner, mesh: dict[str, int],
+                optimizer: Adafactor | None = None) -> tuple[int, int]:
+  """Per-device bytes of (parameters, Adafactor state) under the partitioner's rules; the
+  parameters in ``optimizer.param_dtype`` (float32 unless the storage lever is on)."""
   shapes, logical = params.param_shapes(config), params.logical_axes(config)
   rules = partitioner.rules
-  opt = Adafactor().for_logical_axes(logical)  # stacked (scanned) layers are batch axes
+  optimizer = optimizer or Adafactor()
+  opt = optimizer.for_logical_axes(logical)  # stacked (scanned) layers are batch axes
+  itemsize = np.dtype(jnp.dtype(optimizer.param_dtype)).itemsize
   p_bytes, o_bytes = 0, 4  # the int32 step
   for path, shape in shapes.items():
     local = shard_shape(shape, logical[path], rules, mesh)
-    p_bytes += 4 * int(np.prod(local))
+    p_bytes += itemsize * int(np.prod(local))
     dims = opt.factored_dims(shape, opt.num_batch_dims(path))
     if dims is None:
       o_bytes += 4 * int(np.prod(local)) + 3 * 4  # v like the param; 3 unused (1,) slots
@@ -190,7 +199,11 @@ def activation_bytes(config: T5Config, batch: int, len_in: int, len_out: int,
 
 def plan_config(config: T5Config, partitioner: Partitioner, devices: int, batch_size: int,
                 lengths: dict[str, int], num_microbatches: int = 1,
-                capacity_gib: float | None = None, loss_chunk_length: int = 0) -> Plan:
+                capacity_gib: float | None = None, loss_chunk_length: int = 0,
+                optimizer: Adafactor | None = None) -> Plan:
+  """The formula's plan. Gradients are one copy of the parameters in their storage dtype
+  (jax's gradient of a bfloat16 parameter is bfloat16), plus, with microbatches, the float32
+  accumulator they are summed into (trainer.compute_gradients)."""
   mp = partitioner.model_parallel_size
   if devices % mp:
     raise ValueError(f"num_partitions={mp} does not divide {devices} devices.")
@@ -199,11 +212,15 @@ def plan_config(config: T5Config, partitioner: Partitioner, devices: int, batch_
     raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by data={mesh['data']} x "
                      f"NUM_MICROBATCHES={num_microbatches}.")
   per_device = batch_size // mesh["data"] // num_microbatches
-  p, o = state_bytes(config, partitioner, mesh)
+  optimizer = optimizer or Adafactor()
+  p, o = state_bytes(config, partitioner, mesh, optimizer)
+  itemsize = np.dtype(jnp.dtype(optimizer.param_dtype)).itemsize
+  accumulator = p // itemsize * 4 if num_microbatches > 1 else 0
   act, remat = activation_bytes(config, per_device, lengths["inputs"], lengths["targets"], mp,
                                 loss_chunk_length)
-  return Plan(devices, mesh, per_device, p, o, p, act, remat,
-              int(capacity_gib * GIB) if capacity_gib else None, config.remat_policy)
+  return Plan(devices, mesh, per_device, p, o, p + accumulator, act, remat,
+              int(capacity_gib * GIB) if capacity_gib else None, config.remat_policy,
+              optimizer.param_dtype, accumulator)
 
 
 @dataclasses.dataclass
@@ -330,7 +347,7 @@ def plan_from_gin(gin_files, bindings, devices: int, chip: str | None, compile: 
   run = memory_compile.run_objects()
   plan = plan_config(config, run["partitioner"], devices, run["batch_size"], run["lengths"],
                      run["num_microbatches"], CHIPS[chip] if chip else None,
-                     run["model"].loss_chunk_length)
+                     run["model"].loss_chunk_length, run["optimizer"])
   if compile == "off":
     plan.compile_note = "--compile=off"
     return plan
