@@ -24,6 +24,9 @@ MODES = {
     "bf16 + stochastic rounding (lean)": {"adafactor.Adafactor.param_dtype": "'bfloat16'",
                                           "adafactor.Adafactor.stochastic_rounding": "True"},
     "bf16, round-to-nearest": {"adafactor.Adafactor.param_dtype": "'bfloat16'"},
+    "lean + bf16 accumulator": {"adafactor.Adafactor.param_dtype": "'bfloat16'",
+                                "adafactor.Adafactor.stochastic_rounding": "True",
+                                "adafactor.Adafactor.accumulator_dtype": "'bfloat16'"},
 }
 
 
@@ -59,7 +62,7 @@ def run(model_dir: str, steps: int, model: str, extra: dict[str, str]) -> dict[s
   return curve
 
 
-COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44)]
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
 
 
 def draw_png(curves: dict, path: str, model: str) -> None:

@@ -142,3 +142,47 @@ def test_a_bfloat16_checkpoint_restores_for_eval_and_exports_as_its_values(tmp_p
   for name, value in want.items():
     key, transpose = hf_mapping.to_hf_name(name)
     np.testing.assert_array_equal(exported[key], value.T if transpose else value, name)
+
+
+class _SumModel:
+  """A stand-in for EncoderDecoderModel whose gradient is known exactly: loss = sum(w * x) over
+  the microbatch's rows, so each microbatch's gradient is the sum of its rows of x."""
+
+  @staticmethod
+  def normalizer_and_weights(batch):
+    return 1.0, None
+
+  @staticmethod
+  def loss_fn(params, batch, rng, normalizer):
+    return jnp.sum(params["w"] * batch["x"]), {"loss": jnp.float32(0.0)}
+
+
+def _accumulated(x, dtype, key):
+  from xmtf_pipeline import trainer
+  params = {"w": jnp.zeros(x.shape[1:], jnp.float32)}
+  grads, _ = trainer.compute_gradients(_SumModel(), params, {"x": jnp.asarray(x)}, None,
+                                       len(x), dtype, key)
+  return np.asarray(grads["w"].astype(jnp.float32), np.float64)
+
+
+def test_a_bfloat16_accumulator_with_stochastic_rounding_is_unbiased():
+  """64 microbatches: one of 1.0, then 63 of 2^-10 (an eighth of a bf16 spacing at 1). A float32
+  accumulator sums to 1 + 63/1024; round-to-nearest bf16 keeps 1.0 (every increment is below
+  half a spacing); the stochastically rounded sum is right on average, within 6 sigma of 200
+  keys (each of the 63 roundings has variance at most h^2/4, h = 2^-7 up to 2)."""
+  n, keys = 64, 200
+  x = np.full((n, 4), 2.0 ** -10, np.float32)
+  x[0] = 1.0
+  exact = 1.0 + 63 * 2.0 ** -10
+  np.testing.assert_allclose(_accumulated(x, "float32", None), exact, rtol=1e-7)
+  assert np.all(_accumulated(x, "bfloat16", None) == 1.0)  # round-to-nearest loses them all
+  runs = np.stack([_accumulated(x, "bfloat16", jax.random.PRNGKey(k)) for k in range(keys)])
+  bound = 6 * np.sqrt(n - 1) * (2.0 ** -7 / 2) / np.sqrt(keys)
+  assert np.all(np.abs(runs.mean(axis=0) - exact) <= bound), np.abs(runs.mean(0) - exact) / bound
+  assert len(np.unique(runs)) > 3  # it is random, and seeded: the same key gives the same sum
+  np.testing.assert_array_equal(_accumulated(x, "bfloat16", jax.random.PRNGKey(3)), runs[3])
+
+
+def test_a_bad_accumulator_dtype_names_the_setting():
+  with pytest.raises(ValueError, match="Adafactor.accumulator_dtype must be float32 or bfloat16"):
+    Adafactor(accumulator_dtype="float16")

@@ -133,6 +133,11 @@ def test_plan_counts_bfloat16_storage_and_the_float32_accumulator():
   assert four.accumulator_bytes == 2 * stored and four.gradient_bytes == 3 * stored
   assert default.gradient_bytes == 2 * default.param_bytes
   assert "parameters (bf16)" in four.table() and "gradients (bf16 + f32 accumulator)" in four.table()
+  import dataclasses
+  bf16_acc = planner.plan_config(config, Partitioner(), 1, 8, lengths, 4,
+                                 optimizer=dataclasses.replace(lean, accumulator_dtype="bfloat16"))
+  assert bf16_acc.accumulator_bytes == stored and bf16_acc.gradient_bytes == 2 * stored
+  assert "gradients (bf16 + bf16 accumulator)" in bf16_acc.table()
 
 
 def test_plan_of_a_scanned_model_matches_real_sizes():

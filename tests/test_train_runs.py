@@ -68,9 +68,11 @@ def _wait_for(path: Path, proc, timeout=120):
     time.sleep(0.05)
 
 
-# Issue 28's storage lever: bf16 parameters, stochastically rounded with keys from the seed.
+# Issue 28's storage levers: bf16 parameters and microbatch accumulator, stochastically
+# rounded with keys from the seed and the step.
 LEAN = {"adafactor.Adafactor.param_dtype": "'bfloat16'",
-        "adafactor.Adafactor.stochastic_rounding": "True"}
+        "adafactor.Adafactor.stochastic_rounding": "True",
+        "adafactor.Adafactor.accumulator_dtype": "'bfloat16'", "NUM_MICROBATCHES": "2"}
 
 
 @pytest.mark.parametrize("lean", [False, True], ids=["default", "bf16-stochastic-rounding"])

@@ -20,7 +20,8 @@ kernels; keeping the heuristic keeps scanned and unscanned training identical.)
 Memory levers (not T5X's; off by default, so the T5X-faithful path is unchanged):
 ``param_dtype="bfloat16"`` stores the parameters in bfloat16 (half the bytes), and
 ``stochastic_rounding`` rounds each updated parameter to it at random (rounding.py) instead of
-to nearest. Adafactor's arithmetic stays float32 either way: the parameter is read as float32,
+to nearest; ``accumulator_dtype="bfloat16"`` has the trainer sum microbatch gradients in bfloat16
+(rounded the same way). Adafactor's arithmetic stays float32 either way: the parameter is read as float32,
 updated, and only then stored.
 """
 
@@ -70,14 +71,18 @@ class Adafactor:
   # Storage of the parameters (module docstring): float32 (T5X) or bfloat16.
   param_dtype: str = "float32"
   stochastic_rounding: bool = False
+  # Where the trainer sums microbatch gradients (trainer.compute_gradients): float32, or
+  # bfloat16 (stochastically rounded with ``stochastic_rounding``).
+  accumulator_dtype: str = "float32"
   # Leading stacked-layer axes per parameter path (see ``for_logical_axes``); not a
   # hyper-parameter, derived from the model.
   batch_dims: Mapping[str, int] | None = dataclasses.field(default=None, compare=False)
 
   def __post_init__(self):
-    if self.param_dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"Adafactor.param_dtype must be float32 or bfloat16, got "
-                       f"{self.param_dtype!r}.")
+    for name in ("param_dtype", "accumulator_dtype"):
+      if getattr(self, name) not in ("float32", "bfloat16"):
+        raise ValueError(f"Adafactor.{name} must be float32 or bfloat16, got "
+                         f"{getattr(self, name)!r}.")
 
   def store(self, params: PyTree) -> PyTree:
     """Parameters in the storage dtype (round-to-nearest: for initial values, not updates)."""

@@ -16,12 +16,14 @@ import jax
 import jax.numpy as jnp
 
 from xmtf_pipeline import params as params_lib
+from xmtf_pipeline import rounding
 from xmtf_pipeline.adafactor import Adafactor
 from xmtf_pipeline.models import EncoderDecoderModel
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
 ROUNDING_STREAM = 0x5352  # stochastic rounding's keys: fold_in(fold_in(rng, this), step)
+ACCUMULATOR_STREAM = 0x4143  # the bf16 accumulator's: fold_in(that step key, this)
 
 
 @flax.struct.dataclass
@@ -56,13 +58,18 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
 
 
 def compute_gradients(model: EncoderDecoderModel, params: PyTree, batch: Batch,
-                      dropout_rng: jax.Array | None, num_microbatches: int = 1):
+                      dropout_rng: jax.Array | None, num_microbatches: int = 1,
+                      accumulator_dtype: str = "float32",
+                      rounding_rng: jax.Array | None = None):
   """Gradients of the batch loss and summed statistics.
 
   The normalizing factor and the per-token weights are computed on the whole
   batch first, so summing microbatch gradients gives exactly the one-batch
   gradient (T5X normalizes each microbatch alone, which agrees only when
-  microbatches hold equal token counts).
+  microbatches hold equal token counts). Microbatch gradients are summed in
+  ``accumulator_dtype``: float32 (default), or bfloat16, each sum computed in float32 and
+  stochastically rounded with ``fold_in(fold_in(rounding_rng, microbatch), parameter)``
+  (round-to-nearest without a key).
   """
   normalizer, weights = model.normalizer_and_weights(batch)
   batch = dict(batch)
@@ -77,19 +84,30 @@ def compute_gradients(model: EncoderDecoderModel, params: PyTree, batch: Batch,
   rngs = (jax.random.split(dropout_rng, num_microbatches) if dropout_rng is not None
           else jnp.zeros((num_microbatches, 2), jnp.uint32))
 
+  def accumulate(acc_grads, grads, index):
+    if accumulator_dtype == "float32":
+      return jax.tree_util.tree_map(jnp.add, acc_grads, grads)
+    leaves, treedef = jax.tree_util.tree_flatten(acc_grads)
+    key = None if rounding_rng is None else jax.random.fold_in(rounding_rng, index)
+    out = [rounding.store(a.astype(jnp.float32) + g.astype(jnp.float32), accumulator_dtype,
+                          None if key is None else jax.random.fold_in(key, i))
+           for i, (a, g) in enumerate(zip(leaves, treedef.flatten_up_to(grads)))]
+    return treedef.unflatten(out)
+
   def body(carry, xs):
-    mb, rng = xs
+    mb, rng, index = xs
     (_, stats), grads = grad_fn(params, mb, rng if dropout_rng is not None else None, normalizer)
     acc_grads, acc_stats = carry
-    return (jax.tree_util.tree_map(jnp.add, acc_grads, grads),
+    return (accumulate(acc_grads, grads, index),
             jax.tree_util.tree_map(jnp.add, acc_stats, stats)), None
 
-  # A float32 accumulator whatever the storage: 128 bfloat16 round-to-nearest sums would drift.
-  zero_grads = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  # float32 unless asked: 128 bfloat16 round-to-nearest sums would drift.
+  zero_grads = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, accumulator_dtype), params)
   stats_shape = jax.eval_shape(lambda: grad_fn(params, jax.tree_util.tree_map(lambda x: x[0], micro),
                                                None, normalizer)[0][1])
   zero_stats = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape)
-  (grads, stats), _ = jax.lax.scan(body, (zero_grads, zero_stats), (micro, rngs))
+  (grads, stats), _ = jax.lax.scan(body, (zero_grads, zero_stats),
+                                  (micro, rngs, jnp.arange(num_microbatches)))
   return grads, stats
 
 
@@ -104,11 +122,13 @@ def train_step(model: EncoderDecoderModel, optimizer: Adafactor, learning_rate_f
   dropout_rng = None
   if model.config.dropout_rate > 0.0:
     dropout_rng = jax.random.fold_in(rng, step)
-  grads, stats = compute_gradients(model, state.params, batch, dropout_rng, num_microbatches)
-  lr = learning_rate_fn(step)
   rounding_rng = None
   if optimizer.stochastic_rounding:  # from the run's seed (saved in checkpoints) and the step
     rounding_rng = jax.random.fold_in(jax.random.fold_in(rng, ROUNDING_STREAM), step)
+  grads, stats = compute_gradients(
+      model, state.params, batch, dropout_rng, num_microbatches, optimizer.accumulator_dtype,
+      None if rounding_rng is None else jax.random.fold_in(rounding_rng, ACCUMULATOR_STREAM))
+  lr = learning_rate_fn(step)
   params, opt_state = optimizer.apply_gradient(state.params, state.opt_state, grads, lr,
                                                rounding_rng)
   stats = dict(stats, learning_rate=lr, nonfinite=~jnp.isfinite(stats["loss"]))

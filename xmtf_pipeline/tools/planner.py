@@ -53,7 +53,8 @@ class Plan:
   capacity_bytes: int | None
   remat_policy: str = "none"  # the config's; with remat on, the lower bound is the estimate
   param_dtype: str = "float32"  # Adafactor.param_dtype: the parameters' (and gradients') storage
-  accumulator_bytes: int = 0  # the float32 microbatch accumulator, part of gradient_bytes
+  accumulator_bytes: int = 0  # the microbatch accumulator, part of gradient_bytes
+  accumulator_dtype: str = "float32"
   compiled: memory_compile.CompiledMemory | None = None  # XLA's figure, when compiled
   compile_note: str = ""  # why there is no compiled figure, or how it was made
 
@@ -73,7 +74,8 @@ class Plan:
 
   def table(self) -> str:
     short = {"float32": "f32", "bfloat16": "bf16"}[self.param_dtype]
-    grads = (f"gradients ({short} + f32 accumulator)" if self.accumulator_bytes else
+    acc = {"float32": "f32", "bfloat16": "bf16"}[self.accumulator_dtype]
+    grads = (f"gradients ({short} + {acc} accumulator)" if self.accumulator_bytes else
              f"gradients ({short}, transient)")
     rows = [(f"parameters ({short})", self.param_bytes),
             ("Adafactor state (f32)", self.optimizer_bytes), (grads, self.gradient_bytes),
@@ -202,8 +204,8 @@ def plan_config(config: T5Config, partitioner: Partitioner, devices: int, batch_
                 capacity_gib: float | None = None, loss_chunk_length: int = 0,
                 optimizer: Adafactor | None = None) -> Plan:
   """The formula's plan. Gradients are one copy of the parameters in their storage dtype
-  (jax's gradient of a bfloat16 parameter is bfloat16), plus, with microbatches, the float32
-  accumulator they are summed into (trainer.compute_gradients)."""
+  (jax's gradient of a bfloat16 parameter is bfloat16), plus, with microbatches, the
+  accumulator they are summed into (trainer.compute_gradients; Adafactor.accumulator_dtype)."""
   mp = partitioner.model_parallel_size
   if devices % mp:
     raise ValueError(f"num_partitions={mp} does not divide {devices} devices.")
@@ -215,12 +217,13 @@ def plan_config(config: T5Config, partitioner: Partitioner, devices: int, batch_
   optimizer = optimizer or Adafactor()
   p, o = state_bytes(config, partitioner, mesh, optimizer)
   itemsize = np.dtype(jnp.dtype(optimizer.param_dtype)).itemsize
-  accumulator = p // itemsize * 4 if num_microbatches > 1 else 0
+  acc_itemsize = np.dtype(jnp.dtype(optimizer.accumulator_dtype)).itemsize
+  accumulator = p // itemsize * acc_itemsize if num_microbatches > 1 else 0
   act, remat = activation_bytes(config, per_device, lengths["inputs"], lengths["targets"], mp,
                                 loss_chunk_length)
   return Plan(devices, mesh, per_device, p, o, p + accumulator, act, remat,
               int(capacity_gib * GIB) if capacity_gib else None, config.remat_policy,
-              optimizer.param_dtype, accumulator)
+              optimizer.param_dtype, accumulator, optimizer.accumulator_dtype)
 
 
 @dataclasses.dataclass
