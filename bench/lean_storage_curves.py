@@ -69,7 +69,7 @@ def draw_png(curves: dict, path: str, model: str) -> None:
   """Train and validation loss against step, one line per mode (PIL: no plotting library)."""
   from PIL import Image, ImageDraw
   w, h, pad = 560, 380, 55
-  img = Image.new("RGB", (2 * w, h + 70), "white")
+  img = Image.new("RGB", (2 * w, h + 40 + 14 * len(curves)), "white")
   d = ImageDraw.Draw(img)
   for panel, key in enumerate(("train", "validation")):
     x0 = panel * w
