@@ -15,6 +15,31 @@ import jax.numpy as jnp
 _LOW_BITS = 0xFFFF  # float32 mantissa bits that bfloat16 drops
 
 
+def counter_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Pseudo-random uint32 per element: murmur3's 32-bit finaliser of (element index, key).
+
+  Elementwise on an iota, so XLA fuses it into the rounding that consumes it; threefry's bits
+  (``jax.random.bits``) were materialised as a whole uint32 array per parameter on XLA:CPU.
+  Statistical quality is ample for rounding (a bijective mix of a counter; the rounding tests
+  check the mean); it is not a cryptographic or general-purpose generator.
+  """
+  words = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) \
+      else key
+  words = jnp.asarray(words, jnp.uint32).reshape(-1)
+  index = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for dim in reversed(range(len(shape))):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, dim) * jnp.uint32(stride & 0xFFFFFFFF)
+    stride *= shape[dim]
+  h = index * jnp.uint32(0x9E3779B9) + words[0]
+  h = h ^ (words[-1] * jnp.uint32(0x85EBCA6B))
+  for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35), (16, None)):
+    h = h ^ (h >> shift)
+    if mult is not None:
+      h = h * jnp.uint32(mult)
+  return h
+
+
 def stochastic_round_to_bfloat16(x: jax.Array, key: jax.Array) -> jax.Array:
   """``x`` (float32) to bfloat16, rounding up or down at random, unbiased.
 
@@ -26,7 +51,7 @@ def stochastic_round_to_bfloat16(x: jax.Array, key: jax.Array) -> jax.Array:
   """
   x = jnp.asarray(x, jnp.float32)
   bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-  noise = jax.random.bits(key, x.shape, jnp.uint32) & _LOW_BITS
+  noise = counter_bits(key, x.shape) & _LOW_BITS
   rounded = (bits + noise) & ~jnp.uint32(_LOW_BITS)
   out = jax.lax.bitcast_convert_type(rounded, jnp.float32)
   return jnp.where(jnp.isnan(x), x, out).astype(jnp.bfloat16)
