@@ -33,6 +33,15 @@ GIB = 1024 ** 3
 # LLVM's optimisations off halves the compile and leaves every figure unchanged (measured
 # on mt5_tiny). The program is never run.
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# XLA:CPU has no bfloat16 dots: it upcasts their operands to float32, and loop-invariant code
+# motion then moves the upcast of each stacked weight out of the layer scan, so a float32 copy
+# of every layer's weights is live at once (mT0-xl with bf16 storage: 49.95 GiB against 32.09
+# without the pass; bench/NOTES.md "Memory levers"). A GPU or TPU dot takes bf16 as it is, so
+# for bfloat16-stored parameters the CPU stand-in compiles without that pass, and says so.
+BF16_STORAGE_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+BF16_STORAGE_NOTE = ("bf16 storage: compiled without XLA:CPU's while-loop-invariant-code-motion, "
+                     "which hoists CPU-only float32 upcasts of the stacked weights out of the "
+                     "layer scan (GPUs and TPUs have bf16 dots)")
 
 # What a compile on this (CPU) backend cannot know about a TPU or GPU run.
 CPU_CAVEATS = (
@@ -58,6 +67,7 @@ class CompiledMemory:
   backend: str
   compile_seconds: float
   scan_layers: bool
+  note: str = ""  # how the compile differs from the default, when it does
 
   @property
   def peak_bytes(self) -> int:
@@ -67,14 +77,15 @@ class CompiledMemory:
     return json.dumps(dataclasses.asdict(self))
 
   @classmethod
-  def of(cls, compiled, devices: int, seconds: float, scan_layers: bool) -> CompiledMemory:
+  def of(cls, compiled, devices: int, seconds: float, scan_layers: bool,
+         note: str = "") -> CompiledMemory:
     """``compiled.memory_analysis()`` of a compiled program on ``devices`` devices."""
     import jax
     m = compiled.memory_analysis()
     return cls(int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
                int(m.alias_size_in_bytes), int(m.temp_size_in_bytes),
                int(m.generated_code_size_in_bytes), devices, jax.default_backend(),
-               round(seconds, 1), bool(scan_layers))
+               round(seconds, 1), bool(scan_layers), note)
 
   @classmethod
   def from_json(cls, text: str) -> CompiledMemory:
@@ -118,9 +129,14 @@ def compile_train_step(model, optimizer, learning_rate_fn, partitioner, devices:
   rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32)
   start = time.perf_counter()
   lowered = step.lower(trainer.TrainState.from_state_dict(state), batch, rng)
-  compiled = lowered.compile(COMPILER_OPTIONS)
+  options, note = dict(COMPILER_OPTIONS), ""
+  if jax.default_backend() == "cpu" and "bfloat16" in (optimizer.param_dtype,
+                                                        optimizer.accumulator_dtype):
+    options.update(BF16_STORAGE_OPTIONS)
+    note = BF16_STORAGE_NOTE
+  compiled = lowered.compile(options)
   seconds = time.perf_counter() - start
-  return CompiledMemory.of(compiled, devices, seconds, model.config.scan_layers)
+  return CompiledMemory.of(compiled, devices, seconds, model.config.scan_layers, note)
 
 
 def compile_eval_step(model, partitioner, devices: int, per_device_batch: int,

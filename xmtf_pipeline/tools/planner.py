@@ -127,6 +127,8 @@ class Plan:
              "peak = argument + output - alias + temp")]
     lines = [f"  {'per device, side by side':<34} {'formula':>11} {'compiled':>13}   ({how})"]
     lines += [f"  {name:<34} {fmt(f)} {fmt(x):>13}   {what}" for name, f, x, what in rows]
+    if c.note:
+      lines += textwrap.wrap(c.note, 98, initial_indent="  ", subsequent_indent="  ")
     if c.backend == "cpu":
       lines += textwrap.wrap(memory_compile.CPU_CAVEATS, 98, initial_indent="  ",
                              subsequent_indent="  ")
