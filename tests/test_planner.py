@@ -187,6 +187,22 @@ def test_plan_cli_on_the_mt0_large_recipe(capsys):
   assert "parameters (f32)" in out and "4.58 GiB" in out
 
 
+def test_the_one_gpu_mt0_xl_recipe_fits_a_40gb_a100_by_the_compiled_figure(capsys):
+  """Issue 28: mT0's objective for mT0-xl on one A100-40G, by XLA's compiled figure with the
+  planner's 10% headroom; the same recipe with float32 storage and accumulator does not fit."""
+  recipe = ["--gin_file=mt0/mt0_xl_xp3_1gpu.gin", "--chip", "a100-40g", "--devices", "1",
+            "--compile", "on"]
+  assert planner.main(recipe) == 0
+  out = capsys.readouterr().out
+  assert "parameters (bf16)" in out and "gradients (bf16 + bf16 accumulator)" in out
+  assert "-> fits by the compiled figure" in out, out
+  assert "compiled without XLA:CPU's while-loop-invariant-code-motion" in out
+  assert planner.main([*recipe, "--gin.adafactor.Adafactor.param_dtype='float32'",
+                       "--gin.adafactor.Adafactor.accumulator_dtype='float32'"]) == 0
+  out = capsys.readouterr().out
+  assert "-> does NOT fit by the compiled figure" in out and "while-loop" not in out, out
+
+
 def test_plan_eval_compiles_the_scoring_step_with_the_parameters_sharded(capsys):
   """xmtf plan --job eval: the compiled argument is the planned parameter shards plus the batch."""
   plan = planner.plan_eval_from_gin(["mt0/mt0_small_xp3.gin"], ["NUM_PARTITIONS = 2"], 4,

@@ -48,6 +48,7 @@ RECIPES = (
     "mt0/mt0_large_xp3_packed.gin",
     "mt0/mt0_small_xp3.gin",
     "mt0/mt0_xl_xp3.gin",
+    "mt0/mt0_xl_xp3_1gpu.gin",
     "mt0/mt0_xxl_xp3.gin",
     "runs/eval.gin",
     "runs/finetune.gin",
