@@ -105,9 +105,6 @@ def nonfinite_error(step_dir: str, array: str, verb: str = "use") -> checkpoints
       f"it was saved; {advice}.")
 
 
-FORMATS = ("hf", "ours", "t5x-legacy", "t5x-orbax")
-
-
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
   """A checkpoint path with its format decided, once, by ``detect``.
@@ -116,7 +113,7 @@ class Checkpoint:
   a ``MODEL_DIR`` stands for (its newest); ``flag`` names the setting it came from in messages.
   """
   given: str
-  format: str
+  format: str  # "hf", "ours", "t5x-legacy" or "t5x-orbax"
   path: str
   flag: str = "CHECKPOINT_PATH"
 
