@@ -21,7 +21,9 @@ Memory levers (not T5X's; off by default, so the T5X-faithful path is unchanged)
 ``param_dtype="bfloat16"`` stores the parameters in bfloat16 (half the bytes), and
 ``stochastic_rounding`` rounds each updated parameter to it at random (rounding.py) instead of
 to nearest; ``accumulator_dtype="bfloat16"`` has the trainer sum microbatch gradients in bfloat16
-(rounded the same way). Adafactor's arithmetic stays float32 either way: the parameter is read as float32,
+(rounded the same way), and ``fused_accumulation`` adds each microbatch's gradient of the scanned
+layers into that sum during the backward pass (fused_accumulation.py), so no whole microbatch
+gradient is held beside it. Adafactor's arithmetic stays float32 either way: the parameter is read as float32,
 updated, and only then stored.
 """
 
@@ -74,6 +76,9 @@ class Adafactor:
   # Where the trainer sums microbatch gradients (trainer.compute_gradients): float32, or
   # bfloat16 (stochastically rounded with ``stochastic_rounding``).
   accumulator_dtype: str = "float32"
+  # Sum the scanned layers' microbatch gradients in place during the backward pass (needs
+  # scan_layers and accumulator_dtype == param_dtype; fused_accumulation.py).
+  fused_accumulation: bool = False
   # Leading stacked-layer axes per parameter path (see ``for_logical_axes``); not a
   # hyper-parameter, derived from the model.
   batch_dims: Mapping[str, int] | None = dataclasses.field(default=None, compare=False)
@@ -83,6 +88,10 @@ class Adafactor:
       if getattr(self, name) not in ("float32", "bfloat16"):
         raise ValueError(f"Adafactor.{name} must be float32 or bfloat16, got "
                          f"{getattr(self, name)!r}.")
+    if self.fused_accumulation and self.accumulator_dtype != self.param_dtype:
+      raise ValueError("Adafactor.fused_accumulation sums gradients into a buffer of the "
+                       f"parameters' dtype: set accumulator_dtype to param_dtype "
+                       f"({self.param_dtype!r}), got {self.accumulator_dtype!r}.")
 
   def store(self, params: PyTree) -> PyTree:
     """Parameters in the storage dtype (round-to-nearest: for initial values, not updates)."""

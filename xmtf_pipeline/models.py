@@ -44,10 +44,13 @@ class EncoderDecoderModel:
     self.loss_chunk_length = loss_chunk_length
 
   def logits(self, params: Any, batch: Batch, dropout_rng: Array | None = None,
-             return_hidden: bool = False) -> Array:
+             return_hidden: bool = False, accumulators: Mapping[str, Any] | None = None
+             ) -> Array:
+    """``accumulators``: the ``fused_accumulation`` collections, for a fused gradient."""
     packing = {k: batch[k] for k in PACKING_FEATURES if batch.get(k) is not None}
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    return self.module.apply({"params": params}, batch["encoder_input_tokens"],
+    return self.module.apply({"params": params, **(accumulators or {})},
+                             batch["encoder_input_tokens"],
                              batch["decoder_input_tokens"], batch["decoder_target_tokens"],
                              enable_dropout=dropout_rng is not None, rngs=rngs,
                              return_hidden=return_hidden, **packing)
@@ -57,7 +60,8 @@ class EncoderDecoderModel:
     return losses.get_loss_normalizing_factor_and_weights(self.loss_normalizing_factor, batch)
 
   def loss_fn(self, params: Any, batch: Batch, dropout_rng: Array | None,
-              normalizer: Array | float | None) -> tuple[Array, dict[str, Array]]:
+              normalizer: Array | float | None,
+              accumulators: Mapping[str, Any] | None = None) -> tuple[Array, dict[str, Array]]:
     """Loss of ``batch`` whose ``decoder_loss_weights`` are final, divided by ``normalizer``.
 
     Returns the loss and summed statistics (additive across microbatches).
@@ -68,7 +72,7 @@ class EncoderDecoderModel:
     if weights is not None:
       real = real * jnp.asarray(weights > 0, jnp.float32)
     if self.loss_chunk_length:
-      hidden = self.logits(params, batch, dropout_rng, return_hidden=True)
+      hidden = self.logits(params, batch, dropout_rng, True, accumulators)
       kernel = params["decoder"]["logits_dense"]["kernel"]
       loss, z_loss, argmax = losses.chunked_weighted_cross_entropy(
           functools.partial(layers.head_logits, kernel=kernel,
@@ -76,7 +80,7 @@ class EncoderDecoderModel:
           hidden, targets, weights, self.loss_chunk_length, self.label_smoothing, self.z_loss,
           normalizer)
     else:
-      logits = self.logits(params, batch, dropout_rng)
+      logits = self.logits(params, batch, dropout_rng, accumulators=accumulators)
       loss, z_loss, _ = losses.compute_weighted_cross_entropy(
           logits, targets, weights, self.label_smoothing, self.z_loss, normalizer)
       argmax = jnp.argmax(logits, axis=-1)

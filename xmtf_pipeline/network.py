@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xmtf_pipeline import axes, layers
+from xmtf_pipeline import axes, fused_accumulation, layers
 
 Array = jax.Array
 ATTENTION_IMPLS = ("einsum", "dot_product_attention", "cudnn")
@@ -156,6 +156,37 @@ def _layer_stack(layer_cls: type[nn.Module], cfg: T5Config, num_layers: int, num
                  metadata_params={nn.PARTITION_NAME: axes.LAYERS})
 
 
+def _fused_layers(module: nn.Module, layer_cls: type[nn.Module], num_layers: int, x: Array,
+                  consts: tuple, aux: tuple, deterministic: bool, call) -> Array:
+  """The scanned layers through ``fused_accumulation.layer_stack`` (training only).
+
+  Parameters and running sums are read at the ``layers`` path, where ``nn.scan`` keeps them.
+  Each layer's dropout key is a split of one key of this module: a stream as good as
+  ``nn.scan``'s but not the same one (flax's scan traces its body twice and its keys depend on
+  that count), so with dropout the lever changes which units drop, not how many.
+  ``call(layer, h, consts, aux)`` applies one layer module.
+  """
+  cfg = module.config
+  rngs = None
+  if not deterministic and cfg.dropout_rate > 0.0:
+    rngs = jax.random.split(module.make_rng("dropout"), num_layers)
+
+  def layer(p, h, c, a, r):
+    return layer_cls(cfg).apply({"params": p}, h, c, a, method=call,
+                                rngs=None if r is None else {"dropout": r})
+
+  return fused_accumulation.layer_stack(
+      layer, module.get_variable("params", "layers"),
+      module.get_variable(fused_accumulation.COLLECTION, "layers"),
+      module.get_variable(fused_accumulation.KEYS_COLLECTION, "layers"),
+      x, consts, aux, rngs)
+
+
+def _fused(module: nn.Module) -> bool:
+  return module.config.scan_layers and module.has_variable(fused_accumulation.COLLECTION,
+                                                           "layers")
+
+
 class Encoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
@@ -171,7 +202,11 @@ class Encoder(nn.Module):
     x = _dropout(cfg.dropout_rate, x, deterministic).astype(cfg.compute_dtype)
     x = layers.constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
     layer = _layer_stack(EncoderLayer, cfg, cfg.num_encoder_layers, 4, static_argnums=(4,))
-    if cfg.scan_layers:
+    if _fused(self):
+      x = _fused_layers(self, EncoderLayer, cfg.num_encoder_layers, x, (bias,), (mask,),
+                        deterministic,
+                        lambda m, h, c, a: m(h, a[0], c[0], deterministic))
+    elif cfg.scan_layers:
       x, _ = layer(cfg, scanned=True, name="layers")(x, mask, bias, deterministic)
     else:
       for i in range(cfg.num_encoder_layers):
@@ -203,7 +238,11 @@ class Decoder(nn.Module):
     y = _dropout(cfg.dropout_rate, y, deterministic).astype(cfg.compute_dtype)
     y = layers.constrain(y, (axes.BATCH, axes.LENGTH, axes.EMBED))
     layer = _layer_stack(DecoderLayer, cfg, cfg.num_decoder_layers, 7, static_argnums=(6, 7))
-    if cfg.scan_layers:
+    if _fused(self) and not decode:
+      y = _fused_layers(self, DecoderLayer, cfg.num_decoder_layers, y, (encoded, bias),
+                        (self_mask, cross_mask), deterministic,
+                        lambda m, h, c, a: m(h, c[0], a[0], a[1], c[1], deterministic))
+    elif cfg.scan_layers:
       y, _ = layer(cfg, scanned=True, name="layers")(
           y, encoded, self_mask, cross_mask, bias, deterministic, decode)
     else:

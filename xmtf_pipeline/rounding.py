@@ -15,8 +15,12 @@ import jax.numpy as jnp
 _LOW_BITS = 0xFFFF  # float32 mantissa bits that bfloat16 drops
 
 
-def counter_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def counter_bits(key: jax.Array, shape: tuple[int, ...], offset=0) -> jax.Array:
   """Pseudo-random uint32 per element: murmur3's 32-bit finaliser of (element index, key).
+
+  ``offset`` (uint32, may be traced) is added to the row-major element index, so a slice of
+  an array gets the bits its elements get in the whole array (fused_accumulation rounds a
+  stacked parameter one layer at a time).
 
   Elementwise on an iota, so XLA fuses it into the rounding that consumes it; threefry's bits
   (``jax.random.bits``) were materialised as a whole uint32 array per parameter on XLA:CPU.
@@ -26,7 +30,7 @@ def counter_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   words = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) \
       else key
   words = jnp.asarray(words, jnp.uint32).reshape(-1)
-  index = jnp.zeros(shape, jnp.uint32)
+  index = jnp.zeros(shape, jnp.uint32) + jnp.asarray(offset, jnp.uint32)
   stride = 1
   for dim in reversed(range(len(shape))):
     index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, dim) * jnp.uint32(stride & 0xFFFFFFFF)
@@ -40,7 +44,7 @@ def counter_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return h
 
 
-def stochastic_round_to_bfloat16(x: jax.Array, key: jax.Array) -> jax.Array:
+def stochastic_round_to_bfloat16(x: jax.Array, key: jax.Array, offset=0) -> jax.Array:
   """``x`` (float32) to bfloat16, rounding up or down at random, unbiased.
 
   Adds 16 uniform random bits below bfloat16's last mantissa bit and truncates: the
@@ -51,15 +55,15 @@ def stochastic_round_to_bfloat16(x: jax.Array, key: jax.Array) -> jax.Array:
   """
   x = jnp.asarray(x, jnp.float32)
   bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-  noise = counter_bits(key, x.shape) & _LOW_BITS
+  noise = counter_bits(key, x.shape, offset) & _LOW_BITS
   rounded = (bits + noise) & ~jnp.uint32(_LOW_BITS)
   out = jax.lax.bitcast_convert_type(rounded, jnp.float32)
   return jnp.where(jnp.isnan(x), x, out).astype(jnp.bfloat16)
 
 
-def store(x: jax.Array, dtype: jnp.dtype, key: jax.Array | None) -> jax.Array:
+def store(x: jax.Array, dtype: jnp.dtype, key: jax.Array | None, offset=0) -> jax.Array:
   """``x`` in the storage ``dtype``: stochastically rounded to bfloat16 when ``key`` is given,
   else a plain (round-to-nearest) cast."""
   if key is not None and jnp.dtype(dtype) == jnp.bfloat16 and x.dtype != jnp.bfloat16:
-    return stochastic_round_to_bfloat16(x, key)
+    return stochastic_round_to_bfloat16(x, key, offset)
   return x.astype(dtype)

@@ -15,8 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xmtf_pipeline import fused_accumulation, rounding
 from xmtf_pipeline import params as params_lib
-from xmtf_pipeline import rounding
 from xmtf_pipeline.adafactor import Adafactor
 from xmtf_pipeline.models import EncoderDecoderModel
 
@@ -60,7 +60,7 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
 def compute_gradients(model: EncoderDecoderModel, params: PyTree, batch: Batch,
                       dropout_rng: jax.Array | None, num_microbatches: int = 1,
                       accumulator_dtype: str = "float32",
-                      rounding_rng: jax.Array | None = None):
+                      rounding_rng: jax.Array | None = None, fused: bool = False):
   """Gradients of the batch loss and summed statistics.
 
   The normalizing factor and the per-token weights are computed on the whole
@@ -69,7 +69,9 @@ def compute_gradients(model: EncoderDecoderModel, params: PyTree, batch: Batch,
   microbatches hold equal token counts). Microbatch gradients are summed in
   ``accumulator_dtype``: float32 (default), or bfloat16, each sum computed in float32 and
   stochastically rounded with ``fold_in(fold_in(rounding_rng, microbatch), parameter)``
-  (round-to-nearest without a key).
+  (round-to-nearest without a key). ``fused`` adds the scanned layers' gradients into the sum
+  inside the backward pass (fused_accumulation.py): the same sums, without a microbatch
+  gradient of the layers beside them.
   """
   normalizer, weights = model.normalizer_and_weights(batch)
   batch = dict(batch)
@@ -79,27 +81,43 @@ def compute_gradients(model: EncoderDecoderModel, params: PyTree, batch: Batch,
   if num_microbatches <= 1:
     (_, stats), grads = grad_fn(params, batch, dropout_rng, normalizer)
     return grads, stats
+  if fused and not model.config.scan_layers:
+    raise ValueError("Adafactor.fused_accumulation fuses into the scanned layer stack: set "
+                     "T5Config.scan_layers = True (or turn fused_accumulation off).")
 
   micro = _split_microbatches(batch, num_microbatches)
   rngs = (jax.random.split(dropout_rng, num_microbatches) if dropout_rng is not None
           else jnp.zeros((num_microbatches, 2), jnp.uint32))
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  stacked = [fused and fused_accumulation.is_stacked(path)
+             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
-  def accumulate(acc_grads, grads, index):
+  def leaf_keys(index):
+    if rounding_rng is None or accumulator_dtype == "float32":
+      return [None] * len(leaves)
+    key = jax.random.fold_in(rounding_rng, index)
+    return [jax.random.fold_in(key, i) for i in range(len(leaves))]
+
+  def add(total, grad, key):
     if accumulator_dtype == "float32":
-      return jax.tree_util.tree_map(jnp.add, acc_grads, grads)
-    leaves, treedef = jax.tree_util.tree_flatten(acc_grads)
-    key = None if rounding_rng is None else jax.random.fold_in(rounding_rng, index)
-    out = [rounding.store(a.astype(jnp.float32) + g.astype(jnp.float32), accumulator_dtype,
-                          None if key is None else jax.random.fold_in(key, i))
-           for i, (a, g) in enumerate(zip(leaves, treedef.flatten_up_to(grads)))]
-    return treedef.unflatten(out)
+      return total + grad
+    return rounding.store(total.astype(jnp.float32) + grad.astype(jnp.float32),
+                          accumulator_dtype, key)
 
   def body(carry, xs):
     mb, rng, index = xs
-    (_, stats), grads = grad_fn(params, mb, rng if dropout_rng is not None else None, normalizer)
     acc_grads, acc_stats = carry
-    return (accumulate(acc_grads, grads, index),
-            jax.tree_util.tree_map(jnp.add, acc_stats, stats)), None
+    keys = leaf_keys(index)
+    accumulators = None
+    if fused:
+      accumulators = fused_accumulation.collections(
+          acc_grads, None if keys[0] is None else treedef.unflatten(keys))
+    (_, stats), grads = grad_fn(params, mb, rng if dropout_rng is not None else None,
+                                normalizer, accumulators)
+    # A fused leaf's "gradient" already is the running sum with this microbatch added.
+    out = [g if s else add(a, g, k) for a, g, k, s in
+           zip(treedef.flatten_up_to(acc_grads), treedef.flatten_up_to(grads), keys, stacked)]
+    return (treedef.unflatten(out), jax.tree_util.tree_map(jnp.add, acc_stats, stats)), None
 
   # float32 unless asked: 128 bfloat16 round-to-nearest sums would drift.
   zero_grads = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, accumulator_dtype), params)
@@ -127,7 +145,8 @@ def train_step(model: EncoderDecoderModel, optimizer: Adafactor, learning_rate_f
     rounding_rng = jax.random.fold_in(jax.random.fold_in(rng, ROUNDING_STREAM), step)
   grads, stats = compute_gradients(
       model, state.params, batch, dropout_rng, num_microbatches, optimizer.accumulator_dtype,
-      None if rounding_rng is None else jax.random.fold_in(rounding_rng, ACCUMULATOR_STREAM))
+      None if rounding_rng is None else jax.random.fold_in(rounding_rng, ACCUMULATOR_STREAM),
+      optimizer.fused_accumulation)
   lr = learning_rate_fn(step)
   params, opt_state = optimizer.apply_gradient(state.params, state.opt_state, grads, lr,
                                                rounding_rng)
