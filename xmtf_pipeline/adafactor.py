@@ -24,7 +24,9 @@ to nearest; ``accumulator_dtype="bfloat16"`` has the trainer sum microbatch grad
 (rounded the same way), and ``fused_accumulation`` adds each microbatch's gradient of the scanned
 layers into that sum during the backward pass (fused_accumulation.py), so no whole microbatch
 gradient is held beside it. Adafactor's arithmetic stays float32 either way: the parameter is read as float32,
-updated, and only then stored.
+updated, and only then stored. ``sliced_update`` computes the same update one parameter at a
+time, and a stacked parameter one layer at a time, in place: the float32 working copies of that
+arithmetic are then one layer's, where XLA otherwise keeps several whole parameters' alive.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xmtf_pipeline import rounding
+from xmtf_pipeline import rounding, sliced_update
 
 PyTree = Any
 SLOTS = ("v_row", "v_col", "v", "m")
@@ -79,6 +81,8 @@ class Adafactor:
   # Sum the scanned layers' microbatch gradients in place during the backward pass (needs
   # scan_layers and accumulator_dtype == param_dtype; fused_accumulation.py).
   fused_accumulation: bool = False
+  # Update parameters in sequence, stacked ones layer by layer (``apply_gradient``).
+  sliced_update: bool = False
   # Leading stacked-layer axes per parameter path (see ``for_logical_axes``); not a
   # hyper-parameter, derived from the model.
   batch_dims: Mapping[str, int] | None = dataclasses.field(default=None, compare=False)
@@ -151,7 +155,7 @@ class Adafactor:
 
   def update_param(self, step: jax.Array, lr: jax.Array, param: jax.Array,
                    state: dict[str, jax.Array], grad: jax.Array, num_batch: int = 0,
-                   rounding_key: jax.Array | None = None):
+                   rounding_key: jax.Array | None = None, rounding_offset=0):
     # Means over the non-batch axes, kept as size-1 axes (scalars when num_batch == 0).
     inner = tuple(range(num_batch, param.ndim))
 
@@ -198,7 +202,12 @@ class Adafactor:
     if self.skip_nan_updates:
       new_state = {k: jnp.where(jnp.isnan(new_state[k]), state[k], new_state[k]) for k in SLOTS}
       new_param = jnp.where(jnp.isnan(new_param), param, new_param)
-    return rounding.store(new_param, stored_dtype, rounding_key), new_state
+    return rounding.store(new_param, stored_dtype, rounding_key, rounding_offset), new_state
+
+  def slots(self, shape: tuple[int, ...], num_batch: int = 0) -> tuple[str, ...]:
+    """The state slots a parameter of ``shape`` uses (the others are (1,) placeholders)."""
+    used = ("v_row", "v_col") if self.factored_dims(shape, num_batch) is not None else ("v",)
+    return used + (("m",) if self.beta1 is not None else ())
 
   def apply_gradient(self, params: PyTree, opt_state: dict[str, Any], grads: PyTree,
                      lr: jax.Array, rounding_rng: jax.Array | None = None
@@ -216,8 +225,13 @@ class Adafactor:
       raise ValueError("Adafactor.stochastic_rounding needs a rounding_rng per step.")
     keys = [jax.random.fold_in(rounding_rng, i) if self.stochastic_rounding else None
             for i in range(len(path_leaves))]
-    out = [self.update_param(step, lr, p, s, g, self.num_batch_dims(_path_str(kp)), k)
-           for (kp, p), s, g, k in zip(path_leaves, state_leaves, grad_leaves, keys)]
+    if not self.sliced_update:
+      out = [self.update_param(step, lr, p, s, g, self.num_batch_dims(_path_str(kp)), k)
+             for (kp, p), s, g, k in zip(path_leaves, state_leaves, grad_leaves, keys)]
+    else:
+      out = sliced_update.apply(self, step, lr, [
+          (p, s, g, self.num_batch_dims(_path_str(kp)), k)
+          for (kp, p), s, g, k in zip(path_leaves, state_leaves, grad_leaves, keys)])
     new_params = treedef.unflatten([o[0] for o in out])
     new_states = treedef.unflatten([o[1] for o in out])
     return new_params, {"step": step + 1, "param_states": new_states}

@@ -21,7 +21,7 @@ import textwrap
 import jax.numpy as jnp
 import numpy as np
 
-from xmtf_pipeline import gin_config, params
+from xmtf_pipeline import fused_accumulation, gin_config, params
 from xmtf_pipeline.adafactor import Adafactor
 from xmtf_pipeline.network import T5Config
 from xmtf_pipeline.partitioning import Partitioner
@@ -55,6 +55,7 @@ class Plan:
   param_dtype: str = "float32"  # Adafactor.param_dtype: the parameters' (and gradients') storage
   accumulator_bytes: int = 0  # the microbatch accumulator, part of gradient_bytes
   accumulator_dtype: str = "float32"
+  fused_accumulation: bool = False  # the scanned layers' microbatch gradients are not held
   compiled: memory_compile.CompiledMemory | None = None  # XLA's figure, when compiled
   compile_note: str = ""  # why there is no compiled figure, or how it was made
 
@@ -75,7 +76,8 @@ class Plan:
   def table(self) -> str:
     short = {"float32": "f32", "bfloat16": "bf16"}[self.param_dtype]
     acc = {"float32": "f32", "bfloat16": "bf16"}[self.accumulator_dtype]
-    grads = (f"gradients ({short} + {acc} accumulator)" if self.accumulator_bytes else
+    layers = " unscanned" if self.fused_accumulation else ""
+    grads = (f"gradients ({short}{layers} + {acc} accumulator)" if self.accumulator_bytes else
              f"gradients ({short}, transient)")
     rows = [(f"parameters ({short})", self.param_bytes),
             ("Adafactor state (f32)", self.optimizer_bytes), (grads, self.gradient_bytes),
@@ -178,6 +180,17 @@ def state_bytes(config: T5Config, partitioner: Partitioner, mesh: dict[str, int]
   return p_bytes, o_bytes
 
 
+def scanned_param_bytes(config: T5Config, partitioner: Partitioner, mesh: dict[str, int],
+                        optimizer: Adafactor) -> int:
+  """Per-device bytes of the scanned layer stacks' parameters (``*/layers/...``): with
+  fused accumulation their microbatch gradient goes straight into the accumulator."""
+  shapes, logical = params.param_shapes(config), params.logical_axes(config)
+  itemsize = np.dtype(jnp.dtype(optimizer.param_dtype)).itemsize
+  return sum(itemsize * int(np.prod(shard_shape(shape, logical[path], partitioner.rules, mesh)))
+             for path, shape in shapes.items()
+             if fused_accumulation.is_stacked(path.split("/")))
+
+
 def activation_bytes(config: T5Config, batch: int, len_in: int, len_out: int,
                      model_parallel: int, loss_chunk_length: int = 0) -> tuple[int, int]:
   """(no rematerialisation, per-layer rematerialisation) estimates in bytes.
@@ -207,7 +220,8 @@ def plan_config(config: T5Config, partitioner: Partitioner, devices: int, batch_
                 optimizer: Adafactor | None = None) -> Plan:
   """The formula's plan. Gradients are one copy of the parameters in their storage dtype
   (jax's gradient of a bfloat16 parameter is bfloat16), plus, with microbatches, the
-  accumulator they are summed into (trainer.compute_gradients; Adafactor.accumulator_dtype)."""
+  accumulator they are summed into (trainer.compute_gradients; Adafactor.accumulator_dtype);
+  with fused accumulation the copy holds only the parameters outside the scanned stacks."""
   mp = partitioner.model_parallel_size
   if devices % mp:
     raise ValueError(f"num_partitions={mp} does not divide {devices} devices.")
@@ -221,11 +235,13 @@ def plan_config(config: T5Config, partitioner: Partitioner, devices: int, batch_
   itemsize = np.dtype(jnp.dtype(optimizer.param_dtype)).itemsize
   acc_itemsize = np.dtype(jnp.dtype(optimizer.accumulator_dtype)).itemsize
   accumulator = p // itemsize * acc_itemsize if num_microbatches > 1 else 0
+  fused = optimizer.fused_accumulation and num_microbatches > 1 and config.scan_layers
+  gradient = p - (scanned_param_bytes(config, partitioner, mesh, optimizer) if fused else 0)
   act, remat = activation_bytes(config, per_device, lengths["inputs"], lengths["targets"], mp,
                                 loss_chunk_length)
-  return Plan(devices, mesh, per_device, p, o, p + accumulator, act, remat,
+  return Plan(devices, mesh, per_device, p, o, gradient + accumulator, act, remat,
               int(capacity_gib * GIB) if capacity_gib else None, config.remat_policy,
-              optimizer.param_dtype, accumulator, optimizer.accumulator_dtype)
+              optimizer.param_dtype, accumulator, optimizer.accumulator_dtype, fused)
 
 
 @dataclasses.dataclass
