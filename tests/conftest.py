@@ -55,6 +55,7 @@ SLOW = (
     "test_t5x_eval_jobs.py::test_eval_sh_xmtf_runs_a_tiny_checkpoint",
     "test_planner.py::test_a_fake_device_mesh_compiles_in_a_child_process",
     "test_planner.py::test_the_one_gpu_mt0_xl_recipe_fits_a_40gb_a100_by_the_compiled_figure",
+    "test_planner.py::test_the_one_gpu_mt0_xxl_recipe_fits_an_80gb_h100_by_the_compiled_figure",
     "test_eval_cli.py::test_xmtf_infer_predict_and_score",
     "test_train_runs.py::test_ctrl_c_saves_and_exits_130_and_a_second_one_aborts",
     "test_install.py::test_the_installed_wheel_runs_the_demo_outside_the_repository",

@@ -50,6 +50,7 @@ RECIPES = (
     "mt0/mt0_xl_xp3.gin",
     "mt0/mt0_xl_xp3_1gpu.gin",
     "mt0/mt0_xxl_xp3.gin",
+    "mt0/mt0_xxl_xp3_1gpu.gin",
     "runs/eval.gin",
     "runs/finetune.gin",
     "runs/infer.gin",
