@@ -27,6 +27,14 @@ MODES = {
     "lean + bf16 accumulator": {"adafactor.Adafactor.param_dtype": "'bfloat16'",
                                 "adafactor.Adafactor.stochastic_rounding": "True",
                                 "adafactor.Adafactor.accumulator_dtype": "'bfloat16'"},
+    # The one-GPU recipes' mode: also scanned layers, fused accumulation and the sliced update.
+    "every lever (the one-GPU recipes)": {
+        "adafactor.Adafactor.param_dtype": "'bfloat16'",
+        "adafactor.Adafactor.stochastic_rounding": "True",
+        "adafactor.Adafactor.accumulator_dtype": "'bfloat16'",
+        "adafactor.Adafactor.fused_accumulation": "True",
+        "adafactor.Adafactor.sliced_update": "True",
+        "network.T5Config.scan_layers": "True", "network.T5Config.remat_policy": "'full'"},
 }
 
 
