@@ -108,12 +108,12 @@ def compute_gradients(model: EncoderDecoderModel, params: PyTree, batch: Batch,
     mb, rng, index = xs
     acc_grads, acc_stats = carry
     keys = leaf_keys(index)
-    accumulators = None
-    if fused:
-      accumulators = fused_accumulation.collections(
-          acc_grads, None if keys[0] is None else treedef.unflatten(keys))
+    # The running sums go in as variable collections only on the fused path, so a model
+    # whose loss_fn has no ``accumulators`` argument still accumulates the plain way.
+    fused_sums = () if not fused else (fused_accumulation.collections(
+        acc_grads, None if keys[0] is None else treedef.unflatten(keys)),)
     (_, stats), grads = grad_fn(params, mb, rng if dropout_rng is not None else None,
-                                normalizer, accumulators)
+                                normalizer, *fused_sums)
     # A fused leaf's "gradient" already is the running sum with this microbatch added.
     out = [g if s else add(a, g, k) for a, g, k, s in
            zip(treedef.flatten_up_to(acc_grads), treedef.flatten_up_to(grads), keys, stacked)]
