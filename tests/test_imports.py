@@ -4,11 +4,12 @@ Every import counts, including the ones inside functions: a lazy import that clo
 still a circle for a reader. Layers, from the foundation up (README "Layout"):
 
   tasks/                  SeqIO tasks and mixtures; never imports xmtf_pipeline
-  model                   axes, layers, network, params, layer_stacking
+  model                   axes, layers, network, params, layer_stacking, fused_accumulation,
+                          rounding
   engine                  losses, adafactor, schedules, models, trainer, partitioning, distributed,
                           input_pipeline, checkpoints, gin_config, flags, run_logging, decoding,
                           rank_classification, generation_metrics, tensorflow_import, run_lock,
-                          rounding
+                          sliced_update
   interop/                HF and T5X checkpoints, safetensors, any-format restore
   jobs                    train, evaluation, inference, eval_report, checkpoint_selection
   tools/                  bench, plan, data inspection, HLO audit, demo
@@ -25,11 +26,12 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("xmtf_pipeline", "tasks")
 
-MODEL = {"axes", "layers", "network", "params", "layer_stacking"}
+MODEL = {"axes", "layers", "network", "params", "layer_stacking", "fused_accumulation",
+         "rounding"}
 ENGINE = {"losses", "adafactor", "schedules", "models", "trainer", "partitioning", "distributed",
           "input_pipeline", "checkpoints", "gin_config", "flags", "run_logging", "decoding",
           "rank_classification", "generation_metrics", "tensorflow_import", "run_lock",
-          "rounding"}
+          "sliced_update"}
 JOBS = {"train", "evaluation", "inference", "eval_report", "checkpoint_selection"}
 LAYERS = ("tasks", "model", "engine", "interop", "jobs", "tools", "cli")
 

@@ -21,7 +21,7 @@ result equals the whole-tree update up to float32 summation order.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +29,8 @@ import numpy as np
 
 from xmtf_pipeline import rounding
 
-if TYPE_CHECKING:
-  from xmtf_pipeline.adafactor import Adafactor
+# ``opt`` below is an adafactor.Adafactor; not imported, as adafactor imports this module.
+Adafactor = Any
 
 # An unstacked matrix with more elements than this is updated in row chunks of at most as many.
 CHUNK_ELEMENTS = 1 << 26  # 256 MiB in float32
