@@ -82,7 +82,9 @@ def test_fused_bfloat16_sums_round_like_the_whole_leaf():
   assert not bool(jnp.all(unshifted == whole))
 
 
-def test_fused_bfloat16_accumulation_equals_plain_bitwise():
+def test_fused_bfloat16_accumulation_equals_plain():
+  """Bitwise equal on the development machine (2026-12-06, every leaf); the bound leaves room
+  for another XLA's float32 summation order to flip a rare rounding."""
   config = SCANNED.replace(dtype="bfloat16")
   model = models.EncoderDecoderModel(config, loss_normalizing_factor="AVERAGE_PER_SEQUENCE")
   lean = Adafactor(param_dtype="bfloat16", accumulator_dtype="bfloat16", stochastic_rounding=True)
