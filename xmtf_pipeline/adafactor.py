@@ -25,8 +25,9 @@ to nearest; ``accumulator_dtype="bfloat16"`` has the trainer sum microbatch grad
 layers into that sum during the backward pass (fused_accumulation.py), so no whole microbatch
 gradient is held beside it. Adafactor's arithmetic stays float32 either way: the parameter is read as float32,
 updated, and only then stored. ``sliced_update`` computes the same update one parameter at a
-time, and a stacked parameter one layer at a time, in place: the float32 working copies of that
-arithmetic are then one layer's, where XLA otherwise keeps several whole parameters' alive.
+time, a stacked parameter one layer at a time and a large matrix in row chunks, in place
+(sliced_update.py): the float32 working copies of that arithmetic are then one slice's, where
+XLA otherwise keeps several whole parameters' alive.
 """
 
 from __future__ import annotations

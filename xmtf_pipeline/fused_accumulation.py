@@ -65,7 +65,7 @@ def add_slice(total: jax.Array, grad: jax.Array, layer: jax.Array, key: jax.Arra
   if total.dtype == jnp.float32 or key is None:
     new = value.astype(total.dtype)
   else:
-    offset = layer.astype(jnp.uint32) * jnp.uint32(int(np.prod(current.shape)) & 0xFFFFFFFF)
+    offset = rounding.slice_offset(layer, int(np.prod(current.shape)))
     new = rounding.store(value, total.dtype, key, offset=offset)
   return jax.lax.dynamic_update_index_in_dim(total, new, layer, 0)
 

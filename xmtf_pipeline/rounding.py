@@ -44,6 +44,12 @@ def counter_bits(key: jax.Array, shape: tuple[int, ...], offset=0) -> jax.Array:
   return h
 
 
+def slice_offset(index, slice_size: int) -> jax.Array:
+  """``counter_bits``' offset for slice ``index`` (may be traced) of an array cut into slices
+  of ``slice_size`` elements along its first axis; wraps modulo 2^32 as the index does."""
+  return jnp.asarray(index, jnp.uint32) * jnp.uint32(slice_size & 0xFFFFFFFF)
+
+
 def stochastic_round_to_bfloat16(x: jax.Array, key: jax.Array, offset=0) -> jax.Array:
   """``x`` (float32) to bfloat16, rounding up or down at random, unbiased.
 

@@ -20,6 +20,7 @@ result equals the whole-tree update up to float32 summation order.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -52,10 +53,6 @@ def apply(opt: Adafactor, step, lr, leaves):
   return out
 
 
-def _offset(index, size: int) -> jax.Array:
-  return jnp.asarray(index, jnp.uint32) * jnp.uint32(size & 0xFFFFFFFF)
-
-
 def update_layers(opt: Adafactor, step, lr, param, state, grad, num_batch: int, key):
   """``opt.update_param`` one slice of the leading (batch) axis at a time, in place."""
   slots = opt.slots(param.shape, num_batch)
@@ -66,7 +63,7 @@ def update_layers(opt: Adafactor, step, lr, param, state, grad, num_batch: int, 
     take = functools.partial(jax.lax.dynamic_index_in_dim, index=i, keepdims=False)
     new_p, new_s = opt.update_param(
         step, lr, take(param), {k: take(v) if k in slots else v for k, v in state.items()},
-        take(grad), num_batch - 1, key, _offset(i, size))
+        take(grad), num_batch - 1, key, rounding.slice_offset(i, size))
     put = functools.partial(jax.lax.dynamic_update_index_in_dim, index=i, axis=0)
     return put(param, new_p), {k: put(v, new_s[k]) if k in slots else v
                                for k, v in state.items()}
@@ -83,56 +80,76 @@ def num_row_chunks(shape: tuple[int, int]) -> int:
   return rows
 
 
-def update_rows(opt: Adafactor, step, lr, param, state, grad, key):
-  """``opt.update_param(..., num_batch=0)`` on a matrix, computed in row chunks, in place.
+@dataclasses.dataclass(frozen=True)
+class _Chunks:
+  """Row chunks of a matrix: ``count`` of ``rows`` rows each."""
+  count: int
+  rows: int
 
-  Pass 1 sums the parameter's squares and the gradient's squares (the factored second
-  moments: the one reduced over columns is per row, the one reduced over rows sums across
-  chunks); pass 2 sums the squared scaled update for clipping; pass 3 writes the update.
+  def take(self, x: jax.Array, c) -> jax.Array:
+    return jax.lax.dynamic_slice_in_dim(x, c * self.rows, self.rows, axis=0)
+
+  def put(self, x: jax.Array, value: jax.Array, c) -> jax.Array:
+    return jax.lax.dynamic_update_slice_in_dim(x, value.astype(x.dtype), c * self.rows, axis=0)
+
+
+def _second_moments(opt: Adafactor, step, param, state, grad, chunks: _Chunks):
+  """Pass 1: the new second-moment slots and the sum of the parameter's squares.
+
+  Factored, the slot averaging out the columns is per row (written chunk by chunk) and the one
+  averaging out the rows sums across chunks; unfactored, ``v`` is elementwise.
   """
-  rows, cols = param.shape
-  chunks = num_row_chunks(param.shape)
-  chunk = rows // chunks
   f32 = jnp.float32
   decay = opt.decay(step)
   mix = 1.0 - decay
   dims = opt.factored_dims(param.shape)
-  # Per-row slot: the one that averages out the columns (axis 1), if factored.
-  per_row = None if dims is None else ("v_row" if dims[1] == 1 else "v_col")
-  across = None if dims is None else ("v_col" if per_row == "v_row" else "v_row")
+  per_row = "v" if dims is None else ("v_row" if dims[1] == 1 else "v_col")
 
-  def take(x, c):
-    return jax.lax.dynamic_slice_in_dim(x, c * chunk, chunk, axis=0)
-
-  def put(x, v, c):
-    return jax.lax.dynamic_update_slice_in_dim(x, v.astype(x.dtype), c * chunk, axis=0)
-
-  def first(c, carry):
-    sum_p2, sum_cols, new_rows = carry
-    p, g = take(param, c).astype(f32), take(grad, c).astype(f32)
+  def body(c, carry):
+    sum_p2, sum_cols, rows_slot = carry
+    p, g = chunks.take(param, c).astype(f32), chunks.take(grad, c).astype(f32)
     grad_sqr = g * g + opt.epsilon1
-    if dims is None:  # not factored: the second moment is elementwise
-      new_rows = put(new_rows, decay * take(state["v"], c) + mix * grad_sqr, c)
-    else:
-      new_rows = put(new_rows, decay * take(state[per_row], c)
-                     + mix * jnp.mean(grad_sqr, axis=1), c)
+    new = grad_sqr if dims is None else jnp.mean(grad_sqr, axis=1)
+    rows_slot = chunks.put(rows_slot, decay * chunks.take(state[per_row], c) + mix * new, c)
+    if dims is not None:
       sum_cols = sum_cols + jnp.sum(grad_sqr, axis=0)
-    return sum_p2 + jnp.sum(p * p), sum_cols, new_rows
+    return sum_p2 + jnp.sum(p * p), sum_cols, rows_slot
 
-  rows_slot = "v" if dims is None else per_row
-  sum_p2, sum_cols, new_rows = jax.lax.fori_loop(
-      0, chunks, first, (jnp.zeros((), f32), jnp.zeros((cols,), f32),
-                         jnp.zeros(state[rows_slot].shape, f32)))
-  new_state = dict(state)
-  new_state[rows_slot] = new_rows
+  sum_p2, sum_cols, rows_slot = jax.lax.fori_loop(
+      0, chunks.count, body, (jnp.zeros((), f32), jnp.zeros((param.shape[1],), f32),
+                              jnp.zeros(state[per_row].shape, f32)))
+  new_state = dict(state, **{per_row: rows_slot})
   if dims is not None:
-    new_state[across] = decay * state[across] + mix * sum_cols / rows
-    v_row = new_state["v_row"]
-    row_factor = (v_row / jnp.mean(v_row)) ** -0.5
-    col_factor = new_state["v_col"] ** -0.5
-    # Each factor is a vector along the axis it is not reduced over.
-    f_rows, f_cols = ((col_factor, row_factor) if per_row == "v_col"
-                      else (row_factor, col_factor))
+    across = "v_col" if per_row == "v_row" else "v_row"
+    new_state[across] = decay * state[across] + mix * sum_cols / param.shape[0]
+  return sum_p2, new_state
+
+
+def _scaled_gradient(opt: Adafactor, shape, new_state, grad, chunks: _Chunks):
+  """Chunk ``c`` -> the gradient over the root of its second moment (``y`` before clipping)."""
+  dims = opt.factored_dims(shape)
+  if dims is None:
+    return lambda c: (chunks.take(grad, c).astype(jnp.float32)
+                      * chunks.take(new_state["v"], c) ** -0.5)
+  v_row = new_state["v_row"]
+  row_factor = (v_row / jnp.mean(v_row)) ** -0.5
+  col_factor = new_state["v_col"] ** -0.5
+  # v_row averages out axis d0 = dims[1], so it runs along the other axis.
+  per_row, per_col = ((row_factor, col_factor) if dims[1] == 1 else (col_factor, row_factor))
+  return lambda c: (chunks.take(grad, c).astype(jnp.float32)
+                    * chunks.take(per_row, c)[:, None] * per_col[None, :])
+
+
+def update_rows(opt: Adafactor, step, lr, param, state, grad, key):
+  """``opt.update_param(..., num_batch=0)`` on a matrix, computed in row chunks, in place.
+
+  Pass 1 computes the second moments and the parameter scale; pass 2 sums the squared scaled
+  update for clipping; pass 3 writes the update.
+  """
+  count = num_row_chunks(param.shape)
+  chunks = _Chunks(count, param.shape[0] // count)
+  sum_p2, new_state = _second_moments(opt, step, param, state, grad, chunks)
+  scaled = _scaled_gradient(opt, param.shape, new_state, grad, chunks)
 
   update_scale = lr
   if opt.multiply_by_parameter_scale:
@@ -141,39 +158,31 @@ def update_rows(opt: Adafactor, step, lr, param, state, grad, key):
       param_scale = jnp.minimum(param_scale, opt.max_parameter_scale)
     update_scale = update_scale * param_scale
 
-  def scaled(c):
-    g = take(grad, c).astype(f32)
-    if dims is None:
-      return g * take(new_rows, c) ** -0.5
-    return g * take(f_rows, c)[:, None] * f_cols[None, :]
-
   clip = 1.0
   if opt.clipping_threshold is not None:
-    sum_y2 = jax.lax.fori_loop(0, chunks, lambda c, s: s + jnp.sum(scaled(c) ** 2),
-                               jnp.zeros((), f32))
+    sum_y2 = jax.lax.fori_loop(0, count, lambda c, s: s + jnp.sum(scaled(c) ** 2),
+                               jnp.zeros((), jnp.float32))
     clip = jnp.maximum(1.0, jnp.sqrt(sum_y2 / param.size) / opt.clipping_threshold)
 
-  def last(c, carry):
+  def write(c, carry):
     param, m = carry
-    p = take(param, c).astype(f32)
+    p = chunks.take(param, c).astype(jnp.float32)
     subtrahend = update_scale * (scaled(c) / clip)
     if opt.beta1 is not None:
-      old_m = take(m, c)
+      old_m = chunks.take(m, c)
       subtrahend = opt.beta1 * old_m + (1.0 - opt.beta1) * subtrahend
-      if opt.skip_nan_updates:
-        m = put(m, jnp.where(jnp.isnan(subtrahend), old_m, subtrahend), c)
-      else:
-        m = put(m, subtrahend, c)
+      m = chunks.put(m, jnp.where(jnp.isnan(subtrahend), old_m, subtrahend)
+                     if opt.skip_nan_updates else subtrahend, c)
     if opt.weight_decay_rate is not None:
       new_p = (1.0 - opt.weight_decay_rate) * p - subtrahend
     else:
       new_p = p - subtrahend
     if opt.skip_nan_updates:
       new_p = jnp.where(jnp.isnan(new_p), p, new_p)
-    stored = rounding.store(new_p, param.dtype, key, _offset(c, chunk * cols))
-    return put(param, stored, c), m
+    offset = rounding.slice_offset(c, chunks.rows * param.shape[1])
+    return chunks.put(param, rounding.store(new_p, param.dtype, key, offset), c), m
 
-  new_param, new_m = jax.lax.fori_loop(0, chunks, last, (param, state["m"]))
+  new_param, new_m = jax.lax.fori_loop(0, count, write, (param, state["m"]))
   if opt.beta1 is not None:
     new_state["m"] = new_m
   if opt.skip_nan_updates:
